@@ -1,0 +1,31 @@
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $@
+
+.PHONY: demo test check lint typecheck bench clean
+demo: $(BIN)/.installed
+	$(BIN)/python -m demo
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/.installed
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench.checkout
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,54 @@
+"""The `Actor` base class: subclass it and implement `receive`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from anyio.abc import TaskGroup
+
+if TYPE_CHECKING:
+    from ._ref import ActorRef
+
+M = TypeVar("M")
+
+
+class Actor(Generic[M]):
+    """One unit of state that handles its messages one at a time.
+
+    The supervisor builds a fresh instance from the factory given to
+    `Supervisor.spawn` on every (re)start, then calls `on_start`, then
+    `receive` for each message, then `on_stop` when it stops normally.
+    An exception from any of them is a crash, handled by the supervisor.
+    """
+
+    _ref: ActorRef[M]
+    _task_group: TaskGroup
+    _stop_requested: bool = False
+
+    @property
+    def ref(self) -> ActorRef[M]:
+        """This actor's reference: stable across restarts."""
+        return self._ref
+
+    async def on_start(self) -> None:
+        """Called before the first message of each incarnation."""
+
+    async def receive(self, message: M) -> object:
+        """Handle one message; the return value answers an `ask`."""
+        raise NotImplementedError
+
+    async def on_stop(self) -> None:
+        """Called when the actor stops normally (not after a crash)."""
+
+    def stop(self) -> None:
+        """Stop after the current message; queued messages are dropped."""
+        self._stop_requested = True
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: object) -> None:
+        """Run `func` as a child task of this incarnation.
+
+        The task is cancelled when the actor stops or crashes; an exception
+        escaping it crashes the actor.
+        """
+        self._task_group.start_soon(func, *args)

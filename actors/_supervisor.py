@@ -1,0 +1,150 @@
+"""`Supervisor`: owns actors in a task group and applies their strategy on a crash."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import deque
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup
+
+from ._actor import Actor
+from ._cell import Cell
+from ._errors import ActorNameTakenError, SupervisionEscalatedError
+from ._ref import ActorRef
+from ._strategy import RestartWithBackoff, Stop, SupervisorStrategy
+
+M = TypeVar("M")
+
+EscalationHandler = Callable[[str, Exception], Awaitable[None]]
+"""Called with the actor's name and its last error when a crash is escalated."""
+
+logger = logging.getLogger("actors")
+
+
+class Supervisor:
+    """Runs actors as children of one task group.
+
+    Use it as an async context manager. When an actor crashes, its strategy
+    decides: restart it (fresh instance, same mailbox and ref), stop it, or
+    escalate: call `on_escalate` if given, else raise
+    `SupervisionEscalatedError` out of the supervisor's `async with`.
+    Leaving the block stops every actor.
+    """
+
+    def __init__(
+        self,
+        strategy: SupervisorStrategy | None = None,
+        *,
+        on_escalate: EscalationHandler | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._strategy = strategy if strategy is not None else RestartWithBackoff()
+        self._on_escalate = on_escalate
+        self._rng = rng if rng is not None else random.Random()
+        self._cells: dict[str, Cell[object]] = {}
+        self._task_group: TaskGroup | None = None
+
+    @property
+    def live_actors(self) -> int:
+        """The number of actors that have not stopped for good."""
+        return len(self._cells)
+
+    def get(self, name: str) -> ActorRef[object] | None:
+        cell = self._cells.get(name)
+        return None if cell is None else cell.ref
+
+    def spawn(
+        self,
+        factory: Callable[[], Actor[M]],
+        *,
+        name: str,
+        mailbox_size: int = 16,
+        strategy: SupervisorStrategy | None = None,
+    ) -> ActorRef[M]:
+        """Start an actor built by `factory` and return its ref at once.
+
+        Raises `ActorNameTakenError` if a live actor has `name`, and
+        `RuntimeError` outside the supervisor's `async with`.
+        """
+        if self._task_group is None:
+            raise RuntimeError("spawn() needs the supervisor's `async with` block")
+        if name in self._cells:
+            raise ActorNameTakenError(f"an actor named {name!r} is already running")
+        cell: Cell[M] = Cell(name, factory, mailbox_size)
+        self._cells[name] = cell  # type: ignore[assignment]
+        self._task_group.start_soon(self._supervise, cell, strategy or self._strategy, name=name)
+        return cell.ref
+
+    async def stop_all(self) -> None:
+        for cell in list(self._cells.values()):
+            cell.cancel()
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        assert self._task_group is not None
+        await self.stop_all()
+        try:
+            return await self._task_group.__aexit__(exc_type, exc, tb)
+        finally:
+            self._task_group = None
+
+    async def _supervise(self, cell: Cell[M], strategy: SupervisorStrategy) -> None:
+        crashes: deque[float] = deque()
+        try:
+            while not cell.stop_requested:
+                try:
+                    await cell.run_incarnation()
+                except Exception as error:
+                    if cell.stop_requested:
+                        return
+                    delay = self._restart_delay(cell, strategy, crashes, error)
+                    if delay is None:
+                        await self._escalate(cell, strategy, error)
+                        return
+                    logger.warning("actor %r crashed (%r); restarting in %.3f s", cell.name, error, delay)
+                    with anyio.move_on_after(delay):
+                        await cell.stop_signal.wait()
+                    cell.restarts += 1
+        finally:
+            del self._cells[cell.name]
+            cell.finish()
+
+    def _restart_delay(
+        self,
+        cell: Cell[M],
+        strategy: SupervisorStrategy,
+        crashes: deque[float],
+        error: Exception,
+    ) -> float | None:
+        if not isinstance(strategy, RestartWithBackoff):
+            return None
+        now = anyio.current_time()
+        crashes.append(now)
+        while crashes and crashes[0] < now - strategy.within:
+            crashes.popleft()
+        if len(crashes) > strategy.max_restarts:
+            return None
+        return strategy.delay(len(crashes) - 1, self._rng)
+
+    async def _escalate(self, cell: Cell[M], strategy: SupervisorStrategy, error: Exception) -> None:
+        if isinstance(strategy, Stop):
+            logger.error("actor %r crashed (%r); stopped by its strategy", cell.name, error)
+            return
+        logger.error("actor %r crashed (%r); escalating", cell.name, error)
+        if self._on_escalate is None:
+            raise SupervisionEscalatedError(cell.name) from error
+        await self._on_escalate(cell.name, error)

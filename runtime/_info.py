@@ -1,0 +1,114 @@
+"""`SagaInfo`: what `Runtime.status` reports about one saga."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from saga import (
+    CompensationStatus,
+    ErrorInfo,
+    HistoryEntry,
+    Saga,
+    SagaState,
+    SagaStatus,
+    StepStatus,
+)
+from saga._timeline import timeline
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    name: str
+    status: StepStatus
+    attempts: int
+    error: ErrorInfo | None
+    compensation: CompensationStatus
+    compensation_attempts: int
+    compensation_error: ErrorInfo | None
+    retry_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SagaInfo:
+    """A saga's state as stored.
+
+    `current_step` is the step running or backing off (or being compensated),
+    `attempts` its attempt count, `last_error` the newest recorded error,
+    `failure` the error that started compensation, `history` every transition.
+    """
+
+    saga_id: str
+    saga_name: str
+    status: SagaStatus
+    current_step: str | None
+    attempts: int
+    last_error: ErrorInfo | None
+    failed_step: str | None
+    failure: ErrorInfo | None
+    steps: tuple[StepInfo, ...]
+    wake_at: float | None
+    suspended_reason: str | None
+    recoveries: int
+    started_at: float
+    updated_at: float
+    history: tuple[HistoryEntry, ...]
+    _definition: Saga
+
+    def timeline(self) -> list[str]:
+        """The history as readable lines, one per thing that happened."""
+        return timeline(self._definition, self.saga_id, [entry.event for entry in self.history])
+
+
+_ACTIVE_STEP = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
+_ACTIVE_COMPENSATION = frozenset({CompensationStatus.RUNNING, CompensationStatus.RETRYING})
+
+
+def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> SagaInfo:
+    steps = tuple(
+        StepInfo(
+            name=definition.name,
+            status=step.status,
+            attempts=step.attempts,
+            error=step.error,
+            compensation=step.compensation,
+            compensation_attempts=step.compensation_attempts,
+            compensation_error=step.compensation_error,
+            retry_at=step.retry_at if step.retry_at is not None else step.compensation_retry_at,
+        )
+        for definition, step in zip(saga.steps, state.steps, strict=True)
+    )
+    current: StepInfo | None = None
+    attempts = 0
+    for info in steps:
+        if info.status in _ACTIVE_STEP:
+            current, attempts = info, info.attempts
+        elif info.compensation in _ACTIVE_COMPENSATION:
+            current, attempts = info, info.compensation_attempts
+    last_error = _last_error(history)
+    return SagaInfo(
+        saga_id=state.saga_id,
+        saga_name=state.saga_name,
+        status=state.status,
+        current_step=current.name if current else None,
+        attempts=attempts,
+        last_error=last_error,
+        failed_step=saga.steps[state.failed_step].name if state.failed_step is not None else None,
+        failure=state.failure,
+        steps=steps,
+        wake_at=state.wake_at,
+        suspended_reason=state.suspended_reason,
+        recoveries=state.recoveries,
+        started_at=state.started_at,
+        updated_at=state.updated_at,
+        history=tuple(history),
+        _definition=saga,
+    )
+
+
+def _last_error(history: Sequence[HistoryEntry]) -> ErrorInfo | None:
+    for entry in reversed(history):
+        error = getattr(entry.event, "error", None)
+        if isinstance(error, ErrorInfo):
+            return error
+    return None

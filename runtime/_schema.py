@@ -1,0 +1,44 @@
+"""The SQLite schema, as numbered migrations applied in order at open.
+
+`owner` and `epoch` are there from day one for shared stores (leases and
+fencing); the embedded store leaves them at their defaults.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """
+        CREATE TABLE sagas (
+            saga_id    TEXT PRIMARY KEY,
+            saga_name  TEXT NOT NULL,
+            status     TEXT NOT NULL,
+            seq        INTEGER NOT NULL,
+            input      TEXT NOT NULL,
+            snapshot   TEXT NOT NULL,
+            wake_at    REAL,
+            owner      TEXT,
+            epoch      INTEGER NOT NULL DEFAULT 0,
+            error      TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """,
+        """
+        CREATE INDEX sagas_live ON sagas(status, created_at)
+            WHERE status IN ('running', 'waiting', 'compensating')
+        """,
+        "CREATE INDEX sagas_wake_at ON sagas(wake_at) WHERE wake_at IS NOT NULL",
+        """
+        CREATE TABLE history (
+            saga_id TEXT NOT NULL,
+            seq     INTEGER NOT NULL,
+            at      REAL NOT NULL,
+            event   TEXT NOT NULL,
+            PRIMARY KEY (saga_id, seq)
+        )
+        """,
+    ),
+}

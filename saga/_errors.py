@@ -1,0 +1,55 @@
+"""The saga layer's errors. `NonRetryableError` is for users to raise; the rest are raised to them."""
+
+from __future__ import annotations
+
+
+class NonRetryableError(Exception):
+    """Raise it (or a subclass) from a step to fail it definitively, whatever its policy says.
+
+    A definitive failure proves the step took no effect: the step is not
+    retried and is never compensated; the steps before it are.
+    """
+
+
+class SagaError(Exception):
+    """Base of every error Sagaloop raises to its users."""
+
+
+class DefinitionError(SagaError, ValueError):
+    """Raised by `Saga`, `Step` and `RetryPolicy` when a definition is invalid."""
+
+
+class PayloadError(SagaError, TypeError):
+    """Raised when a saga input or a step result is not a msgspec-serializable value.
+
+    Raised by `Runtime.spawn` for an input; for a step result the saga
+    records it as the step's error instead.
+    """
+
+
+class SagaNotFound(SagaError, LookupError):
+    """Raised by stores and `Runtime.status` when no saga has the given id."""
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(f"no saga with id {saga_id!r}")
+        self.saga_id = saga_id
+
+
+class InvalidTransitionError(SagaError):
+    """Raised by the state machine for an event that does not apply to the saga's state."""
+
+
+class StoreError(SagaError):
+    """Base of the errors a `Store` raises: the saga's durable state could not be read or written."""
+
+
+class StaleStateError(StoreError):
+    """Raised by `Store.save` when the stored snapshot moved on: another writer owns the saga."""
+
+
+class CorruptSagaError(StoreError):
+    """Raised by `Store.load` when a stored snapshot cannot be decoded."""
+
+    def __init__(self, saga_id: str, detail: str) -> None:
+        super().__init__(f"saga {saga_id!r} has a corrupt snapshot: {detail}")
+        self.saga_id = saga_id

@@ -1,0 +1,130 @@
+"""Persisted state of one saga instance: frozen msgspec Structs with explicit tags.
+
+Tags (not class names) identify stored types, so renaming a class never
+breaks stored data. `SagaState.v` is the snapshot schema version.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+NULL = msgspec.Raw(b"null")
+"""The recorded result of a step that has none (yet)."""
+
+
+class SagaStatus(enum.StrEnum):
+    """Where a saga instance stands. Terminal: completed, compensated, failed."""
+
+    RUNNING = "running"
+    """Forward steps are running (or backing off before a retry)."""
+    WAITING = "waiting"
+    """Waiting for a timer or a signal; no step is running."""
+    COMPENSATING = "compensating"
+    """A step failed for good; compensations are running newest first."""
+    COMPLETED = "completed"
+    """Every step succeeded."""
+    COMPENSATED = "compensated"
+    """Every step that may have taken effect was compensated."""
+    FAILED = "failed"
+    """A compensation failed definitively: an operator must look."""
+    SUSPENDED = "suspended"
+    """Parked for an operator (crash loop, corrupt data); nothing is lost."""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+
+
+class StepStatus(enum.StrEnum):
+    """The forward side of one step."""
+
+    PENDING = "pending"
+    """Never started."""
+    RUNNING = "running"
+    """An attempt's intent is durable; its outcome is not (yet)."""
+    RETRYING = "retrying"
+    """An attempt failed retryably; the next one is due at `retry_at`."""
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    """Failed definitively: proven to have taken no effect."""
+    AMBIGUOUS = "ambiguous"
+    """Ended without success but may have taken effect (retries exhausted, timeout)."""
+
+
+class CompensationStatus(enum.StrEnum):
+    """The compensation side of one step."""
+
+    NONE = "none"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
+
+
+class FailureKind(enum.StrEnum):
+    """What a failed attempt proves about its effect."""
+
+    TRANSIENT = "transient"
+    """May be retried; if retries run out the step is ambiguous."""
+    DEFINITIVE = "definitive"
+    """Proves the attempt took no effect; never retried."""
+    AMBIGUOUS = "ambiguous"
+    """Not retried, yet may have taken effect (e.g. an unserializable result)."""
+
+
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """An error as recorded: its type's qualified name and its message."""
+
+    type: str
+    message: str
+    timed_out: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.type}: {self.message}" if self.message else self.type
+
+
+class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    status: StepStatus = StepStatus.PENDING
+    attempts: int = 0
+    retry_at: float | None = None
+    result: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+    compensation: CompensationStatus = CompensationStatus.NONE
+    compensation_attempts: int = 0
+    compensation_retry_at: float | None = None
+    compensation_error: ErrorInfo | None = None
+
+
+class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="saga"):
+    """The snapshot: everything needed to carry on after a crash."""
+
+    v: int = 1
+    saga_id: str
+    saga_name: str
+    definition_version: int = 1
+    status: SagaStatus = SagaStatus.RUNNING
+    seq: int = 0
+    steps: tuple[StepState, ...]
+    failed_step: int | None = None
+    failure: ErrorInfo | None = None
+    recoveries: int = 0
+    suspended_reason: str | None = None
+    resume_status: SagaStatus | None = None
+    started_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def wake_at(self) -> float | None:
+        """When the saga next needs waking without a message, if ever."""
+        due = [
+            t
+            for step in self.steps
+            for t in (step.retry_at, step.compensation_retry_at)
+            if t is not None
+        ]
+        return min(due) if due else None
