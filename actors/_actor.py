@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, Unpack
 
 from anyio.abc import TaskGroup
 
@@ -11,6 +11,7 @@ if TYPE_CHECKING:
     from ._ref import ActorRef
 
 M = TypeVar("M")
+Args = TypeVarTuple("Args")
 
 
 class Actor(Generic[M]):
@@ -45,7 +46,9 @@ class Actor(Generic[M]):
         """Stop after the current message; queued messages are dropped."""
         self._stop_requested = True
 
-    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: object) -> None:
+    def start_soon(
+        self, func: Callable[[Unpack[Args]], Coroutine[Any, Any, Any]], *args: *Args
+    ) -> None:
         """Run `func` as a child task of this incarnation.
 
         The task is cancelled when the actor stops or crashes; an exception

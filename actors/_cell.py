@@ -20,7 +20,17 @@ M = TypeVar("M")
 
 
 class Cell(Generic[M]):
-    __slots__ = ("_scope", "factory", "mailbox", "name", "ref", "restarts", "stop_requested", "stop_signal", "stopped")
+    __slots__ = (
+        "_scope",
+        "factory",
+        "mailbox",
+        "name",
+        "ref",
+        "restarts",
+        "stop_requested",
+        "stop_signal",
+        "stopped",
+    )
 
     def __init__(self, name: str, factory: Callable[[], Actor[M]], capacity: int) -> None:
         self.name = name

@@ -78,4 +78,3 @@ class ActorRef(Generic[M]):
     def __repr__(self) -> str:
         state = "alive" if self.is_alive else "stopped"
         return f"<ActorRef {self.name!r} {state}>"
-

@@ -115,7 +115,9 @@ class Supervisor:
                     if delay is None:
                         await self._escalate(cell, strategy, error)
                         return
-                    logger.warning("actor %r crashed (%r); restarting in %.3f s", cell.name, error, delay)
+                    logger.warning(
+                        "actor %r crashed (%r); restarting in %.3f s", cell.name, error, delay
+                    )
                     with anyio.move_on_after(delay):
                         await cell.stop_signal.wait()
                     cell.restarts += 1
@@ -140,7 +142,9 @@ class Supervisor:
             return None
         return strategy.delay(len(crashes) - 1, self._rng)
 
-    async def _escalate(self, cell: Cell[M], strategy: SupervisorStrategy, error: Exception) -> None:
+    async def _escalate(
+        self, cell: Cell[M], strategy: SupervisorStrategy, error: Exception
+    ) -> None:
         if isinstance(strategy, Stop):
             logger.error("actor %r crashed (%r); stopped by its strategy", cell.name, error)
             return

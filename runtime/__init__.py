@@ -1,6 +1,6 @@
 """Embedding Sagaloop: the `Runtime`, its stores and its errors.
 
-    from runtime import Runtime, SagaCompensated, SagaFailed, SagaNotFound, DuplicateSagaError
+from runtime import Runtime, SagaCompensated, SagaFailed, SagaNotFound, DuplicateSagaError
 """
 
 from saga import (

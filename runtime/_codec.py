@@ -8,7 +8,7 @@ from saga import CorruptSagaError, Event, SagaState
 
 _encoder = msgspec.json.Encoder()
 _state_decoder = msgspec.json.Decoder(SagaState)
-_event_decoder = msgspec.json.Decoder(Event)  # type: ignore[arg-type]
+_event_decoder = msgspec.json.Decoder(Event)
 
 
 def encode_state(state: SagaState) -> str:

@@ -1,8 +1,8 @@
 """`Runtime`: embeds Sagaloop in an async application.
 
-    async with Runtime("orders.db", sagas=[checkout]) as rt:
-        handle = await rt.spawn(checkout, order, saga_id="order-42")
-        output = await handle.result()
+async with Runtime("orders.db", sagas=[checkout]) as rt:
+    handle = await rt.spawn(checkout, order, saga_id="order-42")
+    output = await handle.result()
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ A lock file keeps a second runtime off the same database.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -175,7 +176,9 @@ class SqliteStore:
     async def _migrate(self, conn: aiosqlite.Connection) -> None:
         await conn.execute("BEGIN IMMEDIATE")
         try:
-            await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
             async with conn.execute("SELECT max(version) FROM schema_version") as cursor:
                 row = await cursor.fetchone()
             current = (row[0] if row else None) or 0
@@ -264,10 +267,9 @@ class SqliteStore:
                 )
             await conn.execute("COMMIT")
         except BaseException:
-            try:
+            # The failed statement may already have rolled the transaction back.
+            with contextlib.suppress(sqlite3.Error):
                 await conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # the failed statement may already have rolled it back
             raise
         self.batches_committed += 1
         self.rows_committed += len(batch)

@@ -1,6 +1,6 @@
 """The saga domain: definitions, the pure state machine, the saga actor, the `Store` protocol.
 
-    from saga import Saga, Step, RetryPolicy, StepContext, NonRetryableError
+from saga import Saga, Step, RetryPolicy, StepContext, NonRetryableError
 """
 
 from ._actor import FreshStart, GetState, SagaActor, SagaActorDeps, SagaMessage

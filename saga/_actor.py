@@ -83,7 +83,9 @@ class FreshStart:
 
 def error_info(error: BaseException, *, timed_out: bool = False) -> ErrorInfo:
     cls = type(error)
-    return ErrorInfo(type=f"{cls.__module__}.{cls.__qualname__}", message=str(error), timed_out=timed_out)
+    return ErrorInfo(
+        type=f"{cls.__module__}.{cls.__qualname__}", message=str(error), timed_out=timed_out
+    )
 
 
 class SagaActor(Actor[SagaMessage]):
@@ -204,7 +206,9 @@ class SagaActor(Actor[SagaMessage]):
             if scope.cancelled_caught:
                 raise _StepTimeout(step.timeout)
         except _StepTimeout as exc:
-            event = self._failed(index, attempt, error_info(exc, timed_out=True), FailureKind.TRANSIENT)
+            event = self._failed(
+                index, attempt, error_info(exc, timed_out=True), FailureKind.TRANSIENT
+            )
         except Exception as exc:
             kind = self._classify(step, exc, compensating=False)
             event = self._failed(index, attempt, error_info(exc), kind)

@@ -25,5 +25,6 @@ class SystemClock:
         return time.time()
 
     async def sleep_until(self, deadline: float) -> None:
-        while (remaining := deadline - time.time()) > 0:
+        # Loop: the wall clock may lag the monotonic one that anyio sleeps on.
+        while (remaining := deadline - time.time()) > 0:  # noqa: ASYNC110
             await anyio.sleep(remaining)

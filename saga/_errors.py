@@ -1,4 +1,7 @@
-"""The saga layer's errors. `NonRetryableError` is for users to raise; the rest are raised to them."""
+"""The saga layer's errors.
+
+`NonRetryableError` is for users to raise; the rest are raised to them.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ class InvalidTransitionError(SagaError):
 
 
 class StoreError(SagaError):
-    """Base of the errors a `Store` raises: the saga's durable state could not be read or written."""
+    """Base of the errors a `Store` raises: durable state could not be read or written."""
 
 
 class StaleStateError(StoreError):

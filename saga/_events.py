@@ -15,17 +15,17 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_
     at: float
 
 
-class SagaStarted(_Event, tag="started"):
+class SagaStarted(_Event, frozen=True, tag="started"):
     pass
 
 
-class StepSucceeded(_Event, tag="step_succeeded"):
+class StepSucceeded(_Event, frozen=True, tag="step_succeeded"):
     step: int
     attempt: int
     result: msgspec.Raw = NULL
 
 
-class StepFailed(_Event, tag="step_failed"):
+class StepFailed(_Event, frozen=True, tag="step_failed"):
     step: int
     attempt: int
     error: ErrorInfo
@@ -33,12 +33,12 @@ class StepFailed(_Event, tag="step_failed"):
     jitter: float = 0.0
 
 
-class CompensationSucceeded(_Event, tag="compensation_succeeded"):
+class CompensationSucceeded(_Event, frozen=True, tag="compensation_succeeded"):
     step: int
     attempt: int
 
 
-class CompensationFailed(_Event, tag="compensation_failed"):
+class CompensationFailed(_Event, frozen=True, tag="compensation_failed"):
     step: int
     attempt: int
     error: ErrorInfo
@@ -46,21 +46,21 @@ class CompensationFailed(_Event, tag="compensation_failed"):
     jitter: float = 0.0
 
 
-class TimerFired(_Event, tag="timer_fired"):
+class TimerFired(_Event, frozen=True, tag="timer_fired"):
     pass
 
 
-class Recovered(_Event, tag="recovered"):
+class Recovered(_Event, frozen=True, tag="recovered"):
     """The saga's actor (re)started from the snapshot: after a crash, a restart or a reopen."""
 
     max_recoveries: int
 
 
-class Suspended(_Event, tag="suspended"):
+class Suspended(_Event, frozen=True, tag="suspended"):
     reason: str
 
 
-class Resumed(_Event, tag="resumed"):
+class Resumed(_Event, frozen=True, tag="resumed"):
     pass
 
 

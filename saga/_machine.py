@@ -192,7 +192,9 @@ def _on_step_failed(saga: Saga, state: SagaState, event: StepFailed) -> Transiti
     policy = saga.steps[event.step].retry
     if event.kind is FailureKind.TRANSIENT and policy.allows_another_attempt(step.attempts):
         retry_at = event.at + policy.delay(step.attempts, event.jitter)
-        backing_off = replace(step, status=StepStatus.RETRYING, retry_at=retry_at, error=event.error)
+        backing_off = replace(
+            step, status=StepStatus.RETRYING, retry_at=retry_at, error=event.error
+        )
         new = _advance(
             state, event, steps=_with_step(state.steps, event.step, backing_off), recoveries=0
         )
@@ -239,7 +241,9 @@ def _compensate_next(saga: Saga, state: SagaState) -> Transition:
     """Start the next compensation of `state` (already advanced), or finish."""
     target = _next_compensation(saga, state.steps)
     if target is None:
-        return Transition(replace(state, status=SagaStatus.COMPENSATED), (Finish(SagaStatus.COMPENSATED),))
+        return Transition(
+            replace(state, status=SagaStatus.COMPENSATED), (Finish(SagaStatus.COMPENSATED),)
+        )
     step = replace(
         state.steps[target], compensation=CompensationStatus.RUNNING, compensation_attempts=1
     )

@@ -57,19 +57,23 @@ def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
         before = state
         state, commands = transition(saga, state, event)
         if isinstance(event, StepFailed):
-            step = state.steps[event.step]
-            if step.status is StepStatus.FAILED:
+            ended = state.steps[event.step].status
+            if ended is StepStatus.FAILED:
                 say(event.at, f"{name} failed definitively (took no effect)")
-            elif step.status is StepStatus.AMBIGUOUS:
-                why = "retries exhausted" if event.kind is FailureKind.TRANSIENT else "not retryable"
+            elif ended is StepStatus.AMBIGUOUS:
+                why = (
+                    "retries exhausted" if event.kind is FailureKind.TRANSIENT else "not retryable"
+                )
                 say(event.at, f"{name} gave up ({why}); it may have taken effect")
         for command in commands:
             match command:
-                case RunStep(step, attempt):
+                case RunStep(index, attempt):
                     again = " again (interrupted attempt)" if isinstance(event, Recovered) else ""
-                    say(event.at, f"step {saga.steps[step].name} attempt {attempt} started{again}")
-                case RunCompensation(step, attempt):
-                    say(event.at, f"compensation of {saga.steps[step].name} attempt {attempt} started")
+                    label = saga.steps[index].name
+                    say(event.at, f"step {label} attempt {attempt} started{again}")
+                case RunCompensation(index, attempt):
+                    label = saga.steps[index].name
+                    say(event.at, f"compensation of {label} attempt {attempt} started")
                 case ScheduleWakeup(at) if state is not before:
                     say(event.at, f"retry due in {at - event.at:.3f}s")
                 case Finish(status):
