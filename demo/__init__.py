@@ -1,0 +1,1 @@
+"""The checkout demo: the mission's saga against small fake services."""

@@ -1,0 +1,99 @@
+"""`python -m demo`: four checkouts side by side, each with its timeline.
+
+1. a success; 2. a transient payment failure that is retried; 3. an
+out-of-stock failure that compensates in reverse order; 4. a crash: a child
+process is SIGKILLed inside a step and this process resumes the saga from
+the database to its end.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import anyio
+
+from runtime import Runtime, SagaCompensated, SagaError, SagaHandle
+
+from .checkout import FakeServices, build_checkout, order
+from .crash_child import CRASH_POINT
+
+
+def banner(title: str) -> None:
+    print(f"\n=== {title} " + "=" * max(0, 66 - len(title)))
+
+
+async def show(rt: Runtime, handle: SagaHandle[dict[str, object]]) -> None:
+    try:
+        output = await handle.result(timeout=30)
+        print(f"result: completed -> {output}")
+    except SagaCompensated as exc:
+        print(f"result: compensated -> step {exc.step!r} failed: {exc.error}")
+    except SagaError as exc:
+        print(f"result: {type(exc).__name__} -> {exc}")
+    info = await rt.status(handle.saga_id)
+    print(f"status: {info.status}   timeline:")
+    for line in info.timeline():
+        print(f"  {line}")
+
+
+async def in_process_scenarios(database: Path) -> None:
+    services = FakeServices(gateway_failures={"order-1002": 2})
+    checkout = build_checkout(services)
+    async with Runtime(database, sagas=[checkout]) as rt:
+        banner("1. success")
+        await show(
+            rt, await rt.spawn(checkout, order("order-1001", ("book", 2)), saga_id="order-1001")
+        )
+        banner("2. transient payment failure, retried")
+        await show(
+            rt, await rt.spawn(checkout, order("order-1002", ("book", 1)), saga_id="order-1002")
+        )
+        banner("3. out of stock: compensated in reverse order")
+        await show(
+            rt, await rt.spawn(checkout, order("order-1003", ("chair", 1)), saga_id="order-1003")
+        )
+    print("\nside effects, in order:")
+    for line in services.log:
+        print(f"  {line}")
+
+
+def crash_child(database: Path) -> None:
+    banner("4. crash: SIGKILL mid-saga, resume from the database")
+    child = subprocess.Popen(
+        [sys.executable, "-m", "demo.crash_child", str(database)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    if not line.startswith(CRASH_POINT):
+        child.kill()
+        raise SystemExit(f"the child did not reach the crash point (said {line!r})")
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    print(f"child pid {child.pid}: {line!r} -> SIGKILLed (exit {child.returncode})")
+
+
+async def resume_after_crash(database: Path) -> None:
+    services = FakeServices()
+    async with Runtime(database, sagas=[build_checkout(services)]) as rt:
+        print("a new runtime opened the same database and resumed the saga")
+        await show(rt, rt.handle("order-1004"))
+    print("side effects in this process:", "; ".join(services.log))
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory(prefix="sagaloop-demo-") as folder:
+        database = Path(folder) / "checkout.db"
+        print(f"database: {database} (SQLite, WAL, synchronous=FULL)")
+        anyio.run(in_process_scenarios, database)
+        crash_child(database)
+        anyio.run(resume_after_crash, database)
+
+
+if __name__ == "__main__":
+    main()
