@@ -179,9 +179,8 @@ class SqliteStore:
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
             )
-            async with conn.execute("SELECT max(version) FROM schema_version") as cursor:
-                row = await cursor.fetchone()
-            current = (row[0] if row else None) or 0
+            rows = await _fetch(conn, "SELECT max(version) FROM schema_version")
+            current = (rows[0][0] if rows else None) or 0
             if current > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"{self.path} has schema version {current}; this Sagaloop knows up to "
@@ -316,12 +315,11 @@ class SqliteStore:
         for start in range(0, len(ids), _SELECT_CHUNK):
             chunk = ids[start : start + _SELECT_CHUNK]
             marks = ",".join("?" * len(chunk))
-            async with conn.execute(
-                f"SELECT saga_id, saga_name, input, snapshot FROM sagas WHERE saga_id IN ({marks})",
-                chunk,
-            ) as cursor:
-                for saga_id, saga_name, input_text, snapshot in await cursor.fetchall():
-                    found[saga_id] = _stored(saga_id, saga_name, input_text, snapshot)
+            sql = (
+                f"SELECT saga_id, saga_name, input, snapshot FROM sagas WHERE saga_id IN ({marks})"
+            )
+            for saga_id, saga_name, input_text, snapshot in await _fetch(conn, sql, chunk):
+                found[saga_id] = _stored(saga_id, saga_name, input_text, snapshot)
         return found
 
     async def _update(
@@ -359,10 +357,8 @@ class SqliteStore:
         for start in range(0, len(ids), _SELECT_CHUNK):
             chunk = ids[start : start + _SELECT_CHUNK]
             marks = ",".join("?" * len(chunk))
-            async with conn.execute(
-                f"SELECT saga_id, seq FROM sagas WHERE saga_id IN ({marks})", chunk
-            ) as cursor:
-                stored.update({row[0]: row[1] for row in await cursor.fetchall()})
+            sql = f"SELECT saga_id, seq FROM sagas WHERE saga_id IN ({marks})"
+            stored.update({row[0]: row[1] for row in await _fetch(conn, sql, chunk)})
         for op in saves:
             seq = stored.get(op.state.saga_id)
             if seq is None:
@@ -381,45 +377,55 @@ class SqliteStore:
         return self._reader
 
     async def load(self, saga_id: str) -> StoredSaga:
-        async with self._read_conn().execute(
-            "SELECT saga_name, input, snapshot FROM sagas WHERE saga_id=?", (saga_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        rows = await _fetch(
+            self._read_conn(),
+            "SELECT saga_name, input, snapshot FROM sagas WHERE saga_id=?",
+            (saga_id,),
+        )
+        if not rows:
             raise SagaNotFound(saga_id)
-        return _stored(saga_id, row[0], row[1], row[2])
+        saga_name, input_text, snapshot = rows[0]
+        return _stored(saga_id, saga_name, input_text, snapshot)
 
     async def history(self, saga_id: str) -> Sequence[HistoryEntry]:
         conn = self._read_conn()
-        async with conn.execute(
-            "SELECT seq, event FROM history WHERE saga_id=? ORDER BY seq", (saga_id,)
-        ) as cursor:
-            rows = await cursor.fetchall()
-        if not rows:
-            async with conn.execute("SELECT 1 FROM sagas WHERE saga_id=?", (saga_id,)) as cursor:
-                if await cursor.fetchone() is None:
-                    raise SagaNotFound(saga_id)
+        rows = await _fetch(
+            conn, "SELECT seq, event FROM history WHERE saga_id=? ORDER BY seq", (saga_id,)
+        )
+        if not rows and not await _fetch(conn, "SELECT 1 FROM sagas WHERE saga_id=?", (saga_id,)):
+            raise SagaNotFound(saga_id)
         return [HistoryEntry(seq, decode_event(saga_id, event)) for seq, event in rows]
 
     async def unfinished(self) -> Sequence[UnfinishedSaga]:
         marks = ",".join("?" * len(_LIVE_STATUSES))
-        async with self._read_conn().execute(
+        rows = await _fetch(
+            self._read_conn(),
             f"SELECT saga_id, saga_name FROM sagas WHERE status IN ({marks}) ORDER BY created_at",
             _LIVE_STATUSES,
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [UnfinishedSaga(saga_id, saga_name) for saga_id, saga_name in rows]
 
     async def quarantine_reason(self, saga_id: str) -> str | None:
         """Why a saga was quarantined (its snapshot could not be decoded), if it was."""
-        async with self._read_conn().execute(
-            "SELECT error FROM sagas WHERE saga_id=?", (saga_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        rows = await _fetch(
+            self._read_conn(), "SELECT error FROM sagas WHERE saga_id=?", (saga_id,)
+        )
+        if not rows:
             raise SagaNotFound(saga_id)
-        reason: str | None = row[0]
+        reason: str | None = rows[0][0]
         return reason
+
+
+async def _fetch(
+    conn: aiosqlite.Connection, sql: str, params: Sequence[object] = ()
+) -> list[sqlite3.Row]:
+    """Run a query and read all its rows in one thread hop.
+
+    A cursor left open across awaits keeps its read transaction (and so an
+    old snapshot of the database) alive for every other reader of the
+    connection: always read to the end at once.
+    """
+    return list(await conn.execute_fetchall(sql, params))
 
 
 def _stored(saga_id: str, saga_name: str, input_text: str | bytes, snapshot: str) -> StoredSaga:
