@@ -104,17 +104,18 @@ class Supervisor:
 
     async def _supervise(self, cell: Cell[M], strategy: SupervisorStrategy) -> None:
         crashes: deque[float] = deque()
+        fatal: Exception | None = None
         try:
             while not cell.stop_requested:
                 try:
                     await cell.run_incarnation()
                 except Exception as error:
                     if cell.stop_requested:
-                        return
-                    delay = self._restart_delay(cell, strategy, crashes, error)
+                        break
+                    delay = self._restart_delay(strategy, crashes)
                     if delay is None:
-                        await self._escalate(cell, strategy, error)
-                        return
+                        fatal = error
+                        break
                     logger.warning(
                         "actor %r crashed (%r); restarting in %.3f s", cell.name, error, delay
                     )
@@ -122,16 +123,13 @@ class Supervisor:
                         await cell.stop_signal.wait()
                     cell.restarts += 1
         finally:
+            # Free the name first: whoever handles the escalation may respawn it.
             del self._cells[cell.name]
             cell.finish()
+        if fatal is not None:
+            await self._escalate(cell, strategy, fatal)
 
-    def _restart_delay(
-        self,
-        cell: Cell[M],
-        strategy: SupervisorStrategy,
-        crashes: deque[float],
-        error: Exception,
-    ) -> float | None:
+    def _restart_delay(self, strategy: SupervisorStrategy, crashes: deque[float]) -> float | None:
         if not isinstance(strategy, RestartWithBackoff):
             return None
         now = anyio.current_time()

@@ -191,10 +191,13 @@ class Runtime:
                     saga.saga_name,
                 )
                 continue
-            self._start_actor(definition, saga.saga_id, None)
+            await self._start_actor(definition, saga.saga_id, None)
 
-    def _start_actor(self, saga: Saga, saga_id: str, fresh: FreshStart | None) -> None:
+    async def _start_actor(self, saga: Saga, saga_id: str, fresh: FreshStart | None) -> None:
         supervisor = self._running_supervisor()
+        previous = supervisor.get(saga_id)
+        if previous is not None:
+            await previous.join()  # an actor that just finished this saga is still winding down
         pending = [fresh] if fresh is not None else []
 
         def build() -> SagaActor:
@@ -247,7 +250,7 @@ class Runtime:
             if existing.input != data:
                 raise DuplicateSagaError(saga_id, "with a different input")
             return SagaHandle(self, saga_id)
-        self._start_actor(definition, saga_id, FreshStart(first, data))
+        await self._start_actor(definition, saga_id, FreshStart(first, data))
         return SagaHandle(self, saga_id)
 
     def handle(self, saga_id: str) -> SagaHandle[Output]:
@@ -281,7 +284,7 @@ class Runtime:
         event = Resumed(at=self._clock.now())
         resumed = transition(definition, stored.state, event)
         await self._store.save(resumed.state, event)
-        self._start_actor(definition, saga_id, FreshStart(resumed, stored.input))
+        await self._start_actor(definition, saga_id, FreshStart(resumed, stored.input))
 
     # -- outcomes ----------------------------------------------------------
 
