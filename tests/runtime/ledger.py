@@ -117,9 +117,5 @@ class Ledger:
                 has_result=None if has_result is None else bool(has_result),
             )
 
-    def integrity_check(self) -> str:
-        row = self._conn.execute("PRAGMA integrity_check").fetchone()
-        return str(row[0])
-
     def close(self) -> None:
         self._conn.close()
