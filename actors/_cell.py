@@ -53,6 +53,7 @@ class Cell(Generic[M]):
         """Run one incarnation until it stops normally; a crash propagates."""
         actor = self.factory()
         actor._ref = self.ref
+        crash: Exception | None = None
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
@@ -66,12 +67,15 @@ class Cell(Generic[M]):
                             await _deliver(actor, await self.mailbox.get())
                         task_group.cancel_scope.cancel()
                 except ExceptionGroup as group:
-                    # One failure is the usual case: report it, not its wrapper.
-                    if len(group.exceptions) == 1:
-                        raise group.exceptions[0] from None
-                    raise
+                    if len(group.exceptions) != 1:
+                        raise
+                    crash = group.exceptions[0]
         finally:
             self._scope = None
+        if crash is not None:
+            # One failure is the usual case: report it, not its wrapper. Raised
+            # outside the handler so it keeps its own __cause__ and __context__.
+            raise crash
         self.stop_requested = True
         await actor.on_stop()
 

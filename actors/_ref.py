@@ -26,6 +26,7 @@ class ActorRef(Generic[M]):
 
     @property
     def name(self) -> str:
+        """The name the actor was spawned with."""
         return self._cell.name
 
     @property

@@ -30,9 +30,11 @@ class RestartWithBackoff:
             raise ValueError("need max_restarts >= 0 and within > 0")
 
     def with_limit(self, max_restarts: int, within: float) -> RestartWithBackoff:
+        """A copy that escalates after more than `max_restarts` crashes within `within` s."""
         return replace(self, max_restarts=max_restarts, within=within)
 
     def delay(self, restart_index: int, rng: _random.Random) -> float:
+        """Seconds to wait before restart number `restart_index` (0-based) in the window."""
         base = min(self.max_backoff, self.min_backoff * 2.0 ** min(restart_index, 64))
         return base * (1.0 + self.random_factor * rng.random())
 

@@ -55,6 +55,7 @@ class Supervisor:
         return len(self._cells)
 
     def get(self, name: str) -> ActorRef[object] | None:
+        """The ref of the live actor called `name`, or None."""
         cell = self._cells.get(name)
         return None if cell is None else cell.ref
 
@@ -81,6 +82,7 @@ class Supervisor:
         return cell.ref
 
     async def stop_all(self) -> None:
+        """Ask every actor to stop now; leaving the block waits for them."""
         for cell in list(self._cells.values()):
             cell.cancel()
 
@@ -97,10 +99,19 @@ class Supervisor:
     ) -> bool | None:
         assert self._task_group is not None
         await self.stop_all()
+        escalated: SupervisionEscalatedError | None = None
         try:
             return await self._task_group.__aexit__(exc_type, exc, tb)
+        except ExceptionGroup as group:
+            # The task group wraps what an actor escalated; raise it as documented.
+            if len(group.exceptions) != 1 or not isinstance(
+                group.exceptions[0], SupervisionEscalatedError
+            ):
+                raise
+            escalated = group.exceptions[0]
         finally:
             self._task_group = None
+        raise escalated
 
     async def _supervise(self, cell: Cell[M], strategy: SupervisorStrategy) -> None:
         crashes: deque[float] = deque()
@@ -111,6 +122,7 @@ class Supervisor:
                     await cell.run_incarnation()
                 except Exception as error:
                     if cell.stop_requested:
+                        logger.error("actor %r raised while stopping: %r", cell.name, error)
                         break
                     delay = self._restart_delay(strategy, crashes)
                     if delay is None:
@@ -121,7 +133,8 @@ class Supervisor:
                     )
                     with anyio.move_on_after(delay):
                         await cell.stop_signal.wait()
-                    cell.restarts += 1
+                    if not cell.stop_requested:
+                        cell.restarts += 1
         finally:
             # Free the name first: whoever handles the escalation may respawn it.
             del self._cells[cell.name]

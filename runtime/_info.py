@@ -19,6 +19,8 @@ from saga._timeline import timeline
 
 @dataclass(frozen=True, slots=True)
 class StepInfo:
+    """One step of a saga as `Runtime.status` reports it."""
+
     name: str
     status: StepStatus
     attempts: int

@@ -130,6 +130,7 @@ class Runtime:
 
     @property
     def store(self) -> Store:
+        """The store this runtime persists sagas in."""
         return self._store
 
     @property

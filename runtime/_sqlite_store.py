@@ -325,49 +325,49 @@ class SqliteStore:
     async def _update(
         self, conn: aiosqlite.Connection, saves: list[_Save], history: list[tuple[object, ...]]
     ) -> None:
-        rows = [
-            (
-                encode_state(op.state),
-                op.state.status.value,
-                op.state.seq,
-                op.state.wake_at,
-                op.state.updated_at,
-                op.state.saga_id,
-                op.state.seq - 1,
-            )
-            for op in saves
-        ]
-        cursor = await conn.executemany(
-            "UPDATE sagas SET snapshot=?, status=?, seq=?, wake_at=?, updated_at=? "
-            "WHERE saga_id=? AND seq=?",
-            rows,
-        )
-        if cursor.rowcount != len(rows):
-            await self._find_stale(conn, saves)
+        # Check each save against the stored seq first (the write lock is held):
+        # a stale or replayed save is refused alone; the rest of the batch commits.
+        stored = await self._stored_seqs(conn, [op.state.saga_id for op in saves])
+        rows: list[tuple[object, ...]] = []
         for op in saves:
-            if op.error is None:
-                history.append(
-                    (op.state.saga_id, op.state.seq, op.event.at, encode_event(op.event))
+            state = op.state
+            seq = stored.get(state.saga_id)
+            if seq is None:
+                op.error = SagaNotFound(state.saga_id)
+                continue
+            if seq != state.seq - 1:
+                op.error = StaleStateError(
+                    f"saga {state.saga_id!r}: stored snapshot is #{seq}, "
+                    f"this write expected #{state.seq - 1}"
                 )
+                continue
+            stored[state.saga_id] = state.seq  # a later save in this batch builds on it
+            rows.append(
+                (
+                    encode_state(state),
+                    state.status.value,
+                    state.seq,
+                    state.wake_at,
+                    state.updated_at,
+                    state.saga_id,
+                )
+            )
+            history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
+        if rows:
+            await conn.executemany(
+                "UPDATE sagas SET snapshot=?, status=?, seq=?, wake_at=?, updated_at=? "
+                "WHERE saga_id=?",
+                rows,
+            )
 
-    async def _find_stale(self, conn: aiosqlite.Connection, saves: list[_Save]) -> None:
-        """Mark the saves whose row did not move to their seq (rare: fenced or missing)."""
-        ids = [op.state.saga_id for op in saves]
+    async def _stored_seqs(self, conn: aiosqlite.Connection, ids: list[str]) -> dict[str, int]:
         stored: dict[str, int] = {}
         for start in range(0, len(ids), _SELECT_CHUNK):
             chunk = ids[start : start + _SELECT_CHUNK]
             marks = ",".join("?" * len(chunk))
             sql = f"SELECT saga_id, seq FROM sagas WHERE saga_id IN ({marks})"
             stored.update({row[0]: row[1] for row in await _fetch(conn, sql, chunk)})
-        for op in saves:
-            seq = stored.get(op.state.saga_id)
-            if seq is None:
-                op.error = SagaNotFound(op.state.saga_id)
-            elif seq != op.state.seq:
-                op.error = StaleStateError(
-                    f"saga {op.state.saga_id!r}: stored snapshot is #{seq}, "
-                    f"this write expected #{op.state.seq - 1}"
-                )
+        return stored
 
     # -- reads -------------------------------------------------------------
 

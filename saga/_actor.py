@@ -89,6 +89,8 @@ def error_info(error: BaseException, *, timed_out: bool = False) -> ErrorInfo:
 
 
 class SagaActor(Actor[SagaMessage]):
+    """The actor that drives one saga instance; built by the runtime, never by users."""
+
     def __init__(
         self, saga: Saga, saga_id: str, deps: SagaActorDeps, fresh: FreshStart | None
     ) -> None:

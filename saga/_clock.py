@@ -9,6 +9,8 @@ import anyio
 
 
 class Clock(Protocol):
+    """Where the saga actor reads the time and waits for due times."""
+
     def now(self) -> float:
         """Wall-clock seconds since the epoch: persisted due times use it."""
         ...

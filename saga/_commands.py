@@ -9,18 +9,24 @@ from ._model import SagaStatus
 
 @dataclass(frozen=True, slots=True)
 class RunStep:
+    """Run attempt `attempt` of step `step` (its intent is already durable)."""
+
     step: int
     attempt: int
 
 
 @dataclass(frozen=True, slots=True)
 class RunCompensation:
+    """Run attempt `attempt` of the compensation of step `step`."""
+
     step: int
     attempt: int
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleWakeup:
+    """Deliver `TimerFired` once the clock reaches `at`."""
+
     at: float
 
 

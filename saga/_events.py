@@ -16,16 +16,20 @@ class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_
 
 
 class SagaStarted(_Event, frozen=True, tag="started"):
-    pass
+    """The saga was spawned: its first step starts."""
 
 
 class StepSucceeded(_Event, frozen=True, tag="step_succeeded"):
+    """Attempt `attempt` of step `step` returned `result` (JSON)."""
+
     step: int
     attempt: int
     result: msgspec.Raw = NULL
 
 
 class StepFailed(_Event, frozen=True, tag="step_failed"):
+    """Attempt `attempt` of step `step` raised; `kind` says what that proves."""
+
     step: int
     attempt: int
     error: ErrorInfo
@@ -34,11 +38,15 @@ class StepFailed(_Event, frozen=True, tag="step_failed"):
 
 
 class CompensationSucceeded(_Event, frozen=True, tag="compensation_succeeded"):
+    """The compensation of step `step` returned."""
+
     step: int
     attempt: int
 
 
 class CompensationFailed(_Event, frozen=True, tag="compensation_failed"):
+    """Attempt `attempt` of the compensation of step `step` raised."""
+
     step: int
     attempt: int
     error: ErrorInfo
@@ -47,7 +55,7 @@ class CompensationFailed(_Event, frozen=True, tag="compensation_failed"):
 
 
 class TimerFired(_Event, frozen=True, tag="timer_fired"):
-    pass
+    """A scheduled wake-up fell due (a retry may start)."""
 
 
 class Recovered(_Event, frozen=True, tag="recovered"):
@@ -57,11 +65,13 @@ class Recovered(_Event, frozen=True, tag="recovered"):
 
 
 class Suspended(_Event, frozen=True, tag="suspended"):
+    """The runtime parked the saga for an operator, for `reason`."""
+
     reason: str
 
 
 class Resumed(_Event, frozen=True, tag="resumed"):
-    pass
+    """An operator resumed a suspended saga."""
 
 
 Event = (

@@ -83,6 +83,8 @@ from ._model import (
 
 
 class Transition(NamedTuple):
+    """The result of `transition`: the next snapshot and the commands to carry out."""
+
     state: SagaState
     commands: Sequence[Command]
 

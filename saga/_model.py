@@ -89,6 +89,8 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
 
 
 class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The forward and compensation sides of one step, as persisted."""
+
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
     retry_at: float | None = None

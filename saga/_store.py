@@ -37,11 +37,15 @@ class HistoryEntry:
 
 @dataclass(frozen=True, slots=True)
 class UnfinishedSaga:
+    """A saga a runtime should drive, as listed by `Store.unfinished`."""
+
     saga_id: str
     saga_name: str
 
 
 class Store(Protocol):
+    """Durable storage of sagas: snapshots plus history, written atomically."""
+
     async def create(self, saga: StoredSaga, event: Event) -> StoredSaga | None:
         """Persist a new saga (snapshot `saga.state`, history `event`) atomically.
 

@@ -7,8 +7,6 @@ import inspect
 import types
 from pathlib import Path
 
-import pytest
-
 import actors
 
 PACKAGE_DIR = Path(actors.__file__).parent
@@ -76,12 +74,6 @@ def undocumented_public_members() -> list[str]:
     return missing
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="BUG (docs): ActorRef.name, Supervisor.get, Supervisor.stop_all, "
-    "RestartWithBackoff.with_limit and RestartWithBackoff.delay have no docstring",
-)
 def test_public_methods_and_properties_are_documented() -> None:
     assert undocumented_public_members() == []
 

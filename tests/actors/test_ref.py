@@ -109,12 +109,6 @@ async def test_ask_reraises_the_error_and_the_supervisor_restarts_the_actor() ->
         assert ref.is_alive
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="BUG: Cell.run_incarnation re-raises the crash with `from None`, "
-    "which wipes the __cause__ of the very exception object ask() hands back",
-)
 async def test_ask_error_keeps_its_cause() -> None:
     class Chained(Actor[str]):
         async def receive(self, message: str) -> object:

@@ -339,12 +339,6 @@ async def test_without_a_handler_escalation_raises_out_of_the_supervisor() -> No
     assert error.__cause__ is life.errors[0]
 
 
-@pytest.mark.xfail(
-    raises=ExceptionGroup,
-    strict=True,
-    reason="BUG: SupervisionEscalatedError leaves `async with Supervisor()` wrapped "
-    "in an ExceptionGroup by the task group, so `except SupervisionEscalatedError` misses it",
-)
 async def test_without_a_handler_escalation_raises_the_bare_error() -> None:
     life = Life(crash_on_start=1)
     with pytest.raises(SupervisionEscalatedError) as info:
@@ -423,12 +417,6 @@ async def test_stopping_during_the_backoff_is_prompt_and_skips_the_restart() -> 
     assert len(life.incarnations) == 1
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="BUG: _supervise increments `restarts` after the backoff even when a "
-    "stop interrupted it and no restart happened",
-)
 async def test_a_restart_cut_short_by_stop_is_not_counted() -> None:
     life = Life(crash_on_start=1)
     strategy = RestartWithBackoff(min_backoff=30.0, max_backoff=30.0)

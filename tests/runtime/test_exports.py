@@ -18,45 +18,9 @@ import saga
 
 PACKAGES = (saga, runtime)
 
-# Public names that exist but carry no docstring yet (STYLE.md: "Public API gets
-# docstrings"). Each is a strict xfail: documenting one makes its test XPASS and
-# fail, so the entry here must go.
-UNDOCUMENTED = frozenset(
-    {
-        ("saga", "Clock"),
-        ("saga", "CompensationFailed"),
-        ("saga", "CompensationSucceeded"),
-        ("saga", "Resumed"),
-        ("saga", "RunCompensation"),
-        ("saga", "RunStep"),
-        ("saga", "SagaActor"),
-        ("saga", "SagaStarted"),
-        ("saga", "ScheduleWakeup"),
-        ("saga", "StepFailed"),
-        ("saga", "StepState"),
-        ("saga", "StepSucceeded"),
-        ("saga", "Store"),
-        ("saga", "Suspended"),
-        ("saga", "TimerFired"),
-        ("saga", "Transition"),
-        ("saga", "UnfinishedSaga"),
-        ("runtime", "StepInfo"),
-        ("runtime", "Runtime.store"),
-    }
-)
 
-
-def _documented_or_xfail(package: str, name: str) -> Any:
-    marks = []
-    if (package, name) in UNDOCUMENTED:
-        marks.append(
-            pytest.mark.xfail(
-                reason="BUG: public name without a docstring (STYLE.md: public API has them)",
-                raises=AssertionError,
-                strict=True,
-            )
-        )
-    return pytest.param(package, name, marks=marks, id=f"{package}.{name}")
+def _documented(package: str, name: str) -> Any:
+    return pytest.param(package, name, id=f"{package}.{name}")
 
 
 def _public_objects() -> list[Any]:
@@ -65,7 +29,7 @@ def _public_objects() -> list[Any]:
         for name in module.__all__:
             obj = getattr(module, name)
             if inspect.isclass(obj) or inspect.isfunction(obj):
-                params.append(_documented_or_xfail(module.__name__, name))
+                params.append(_documented(module.__name__, name))
     return params
 
 
@@ -188,7 +152,7 @@ def test_public_classes_and_functions_are_documented(package: str, name: str) ->
 @pytest.mark.parametrize(
     ("package", "name"),
     [
-        _documented_or_xfail("runtime", f"{cls.__name__}.{member}")
+        _documented("runtime", f"{cls.__name__}.{member}")
         for cls in (runtime.Runtime, runtime.SagaHandle)
         for member, value in vars(cls).items()
         if not member.startswith("_") and (callable(value) or isinstance(value, property))

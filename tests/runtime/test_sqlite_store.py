@@ -268,12 +268,6 @@ async def test_save_of_an_unknown_saga_raises_saga_not_found(store: SqliteStore)
         await store.save(*step_succeeded(saga.state, 0))
 
 
-@pytest.mark.xfail(
-    reason="BUG: a save whose seq is already stored (a replayed or racing write) is not "
-    "flagged stale by _find_stale; its history insert then hits the primary key and "
-    "fails the whole batch, so other sagas' saves in that batch fail too (StoreError)",
-    strict=True,
-)
 async def test_replayed_save_is_stale_and_does_not_fail_other_sagas(
     store: SqliteStore,
 ) -> None:
