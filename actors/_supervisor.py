@@ -66,8 +66,12 @@ class Supervisor:
         name: str,
         mailbox_size: int = 16,
         strategy: SupervisorStrategy | None = None,
+        on_stop: Callable[[], None] | None = None,
     ) -> ActorRef[M]:
         """Start an actor built by `factory` and return its ref at once.
+
+        `on_stop` is called once the actor has stopped for good (its name is
+        free again), whatever the reason.
 
         Raises `ActorNameTakenError` if a live actor has `name`, and
         `RuntimeError` outside the supervisor's `async with`.
@@ -78,7 +82,9 @@ class Supervisor:
             raise ActorNameTakenError(f"an actor named {name!r} is already running")
         cell: Cell[M] = Cell(name, factory, mailbox_size)
         self._cells[name] = cell  # type: ignore[assignment]
-        self._task_group.start_soon(self._supervise, cell, strategy or self._strategy, name=name)
+        self._task_group.start_soon(
+            self._supervise, cell, strategy or self._strategy, on_stop, name=name
+        )
         return cell.ref
 
     async def stop_all(self) -> None:
@@ -113,7 +119,9 @@ class Supervisor:
             self._task_group = None
         raise escalated
 
-    async def _supervise(self, cell: Cell[M], strategy: SupervisorStrategy) -> None:
+    async def _supervise(
+        self, cell: Cell[M], strategy: SupervisorStrategy, on_stop: Callable[[], None] | None
+    ) -> None:
         crashes: deque[float] = deque()
         fatal: Exception | None = None
         try:
@@ -139,6 +147,8 @@ class Supervisor:
             # Free the name first: whoever handles the escalation may respawn it.
             del self._cells[cell.name]
             cell.finish()
+            if on_stop is not None:
+                on_stop()
         if fatal is not None:
             await self._escalate(cell, strategy, fatal)
 

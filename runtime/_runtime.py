@@ -65,6 +65,16 @@ DEFAULT_SUPERVISION = RestartWithBackoff(
 )
 
 
+class _Waiter:
+    """Woken when a saga's actor stops; carries the final state when it finished."""
+
+    __slots__ = ("done", "state")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.state: SagaState | None = None
+
+
 class Runtime:
     """The saga runtime, used as an async context manager.
 
@@ -119,13 +129,13 @@ class Runtime:
         self._rng = rng if rng is not None else random.Random()
         self._supervisor: Supervisor | None = None
         self._stack: AsyncExitStack | None = None
-        self._finished: dict[str, anyio.Event] = {}
+        self._waiters: dict[str, _Waiter] = {}
         self._deps = SagaActorDeps(
             store=self._store,
             clock=self._clock,
             rng=self._rng,
             max_recoveries=max_recoveries,
-            on_finished=self._on_finished,
+            on_stopped=self._on_stopped,
         )
 
     @property
@@ -173,9 +183,9 @@ class Runtime:
             return None
         finally:
             self._supervisor = None
-            for event in self._finished.values():
-                event.set()
-            self._finished.clear()
+            for waiter in self._waiters.values():
+                waiter.done.set()
+            self._waiters.clear()
 
     def _running_supervisor(self) -> Supervisor:
         if self._supervisor is None or self._stack is None:
@@ -206,7 +216,12 @@ class Runtime:
             # a restart reloads the durable snapshot.
             return SagaActor(saga, saga_id, self._deps, pending.pop() if pending else None)
 
-        supervisor.spawn(build, name=saga_id, mailbox_size=self._mailbox_size)
+        supervisor.spawn(
+            build,
+            name=saga_id,
+            mailbox_size=self._mailbox_size,
+            on_stop=lambda: self._wake_waiters(saga_id),
+        )
 
     # -- public API --------------------------------------------------------
 
@@ -289,10 +304,16 @@ class Runtime:
 
     # -- outcomes ----------------------------------------------------------
 
-    async def _on_finished(self, state: SagaState) -> None:
-        event = self._finished.pop(state.saga_id, None)
-        if event is not None:
-            event.set()
+    async def _on_stopped(self, saga_id: str, state: SagaState | None) -> None:
+        # The actor is about to stop; waiters wake once it has (`_wake_waiters`).
+        waiter = self._waiters.get(saga_id)
+        if waiter is not None:
+            waiter.state = state
+
+    def _wake_waiters(self, saga_id: str) -> None:
+        waiter = self._waiters.pop(saga_id, None)
+        if waiter is not None:
+            waiter.done.set()
 
     async def _on_escalate(self, saga_id: str, error: Exception) -> None:
         reason = f"its actor kept crashing; last error: {type(error).__name__}: {error}"
@@ -311,27 +332,33 @@ class Runtime:
         except Exception:
             logger.exception("could not suspend saga %r; it resumes at the next start", saga_id)
         finally:
-            finished = self._finished.pop(saga_id, None)
-            if finished is not None:
-                finished.set()
+            waiter = self._waiters.pop(saga_id, None)
+            if waiter is not None:
+                waiter.done.set()
 
     async def _wait_for_result(self, saga_id: str, timeout: float | None) -> Output:
         with anyio.fail_after(math.inf if timeout is None else timeout):
             while True:
-                finished = self._finished.setdefault(saga_id, anyio.Event())
-                stored = await self._store.load(saga_id)
-                if stored.state.status.is_terminal:
-                    return self._outcome(stored)
-                if self._stack is None:
-                    raise RuntimeNotRunningError("the runtime stopped before the saga ended")
-                await finished.wait()
+                if self._stack is None or self._supervisor is None:
+                    raise RuntimeNotRunningError("the runtime is not running")
+                waiter = self._waiters.get(saga_id)
+                if waiter is None:
+                    waiter = self._waiters[saga_id] = _Waiter()
+                actor = self._supervisor.get(saga_id)
+                if actor is None:
+                    # Not being driven here: the store says how it stands.
+                    stored = await self._store.load(saga_id)
+                    if stored.state.status.is_terminal:
+                        return self._outcome(stored.state)
+                await waiter.done.wait()
+                if waiter.state is not None and waiter.state.status.is_terminal:
+                    return self._outcome(waiter.state)
 
-    def _outcome(self, stored: StoredSaga) -> Output:
-        state = stored.state
-        definition = self._sagas.get(stored.saga_name)
+    def _outcome(self, state: SagaState) -> Output:
+        definition = self._sagas.get(state.saga_name)
         names = [s.name for s in definition.steps] if definition else None
         if names is None:
-            raise UnknownSagaError(f"saga {stored.saga_name!r} is not one of this runtime's sagas")
+            raise UnknownSagaError(f"saga {state.saga_name!r} is not one of this runtime's sagas")
         if state.status is SagaStatus.COMPLETED:
             assert definition is not None
             return {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -51,13 +51,8 @@ class SagaActorDeps:
     clock: Clock
     rng: random.Random
     max_recoveries: int
-    on_finished: Callable[[SagaState], Awaitable[None]]
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    token: object
-    event: Event
+    on_stopped: Callable[[str, SagaState | None], Awaitable[None]]
+    """Called when the actor stops driving a saga: with its final state, or None."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +65,7 @@ class GetState:
     """Ask a saga actor for its current (durable) snapshot."""
 
 
-SagaMessage = _Outcome | _WakeUp | GetState
+SagaMessage = _WakeUp | GetState
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +96,6 @@ class SagaActor(Actor[SagaMessage]):
         self._state: SagaState | None = None
         self._input: Any = None
         self._token: object = None
-        self._timer: anyio.CancelScope | None = None
         self._results: dict[int, Any] = {}
 
     @property
@@ -114,7 +108,7 @@ class SagaActor(Actor[SagaMessage]):
         if fresh is not None:
             self._state = fresh.transition.state
             self._input = self._decode_input(fresh.input)
-            await self._execute(fresh.transition.commands)
+            await self._drive(await self._carry_out(fresh.transition.commands))
             return
         try:
             stored = await self._deps.store.load(self._saga_id)
@@ -122,23 +116,20 @@ class SagaActor(Actor[SagaMessage]):
             # Park it for an operator; retrying cannot fix the bytes.
             await self._deps.store.quarantine(self._saga_id, str(exc))
             self.stop()
+            await self._deps.on_stopped(self._saga_id, None)
             return
         self._state = stored.state
         self._input = self._decode_input(stored.input)
-        await self._apply(
+        await self._drive(
             Recovered(at=self._deps.clock.now(), max_recoveries=self._deps.max_recoveries)
         )
 
     async def receive(self, message: SagaMessage) -> object:
         match message:
-            case _Outcome(token, event):
-                if token is self._token:
-                    self._token = None
-                    await self._apply(event)
             case _WakeUp(token):
                 if token is self._token:
                     self._token = None
-                    await self._apply(TimerFired(at=self._deps.clock.now()))
+                    await self._drive(TimerFired(at=self._deps.clock.now()))
             case GetState():
                 return self._state
         return None
@@ -146,29 +137,35 @@ class SagaActor(Actor[SagaMessage]):
     def _decode_input(self, data: bytes) -> Any:
         return decode_payload(data, self._saga.input_type, f"input of saga {self._saga_id!r}")
 
-    async def _apply(self, event: Event) -> None:
-        old = self.state
-        new, commands = transition(self._saga, old, event)
-        if new is not old:
-            await self._deps.store.save(new, event)
-            self._state = new
-        await self._execute(commands)
+    async def _drive(self, event: Event | None) -> None:
+        """Apply events until the saga waits or ends.
 
-    async def _execute(self, commands: tuple[Command, ...] | Any) -> None:
+        Each new snapshot is durable before its commands run. Steps run
+        inline: their outcome is the next event, with no message round trip.
+        """
+        while event is not None:
+            old = self.state
+            new, commands = transition(self._saga, old, event)
+            if new is not old:
+                await self._deps.store.save(new, event)
+                self._state = new
+            event = await self._carry_out(commands)
+
+    async def _carry_out(self, commands: Sequence[Command]) -> Event | None:
+        outcome: Event | None = None
         for command in commands:
             match command:
                 case RunStep(step, attempt):
-                    self._token = token = object()
-                    self.start_soon(self._run_step, step, attempt, token)
+                    outcome = await self._run_step(step, attempt)
                 case RunCompensation(step, attempt):
-                    self._token = token = object()
-                    self.start_soon(self._run_compensation, step, attempt, token)
+                    outcome = await self._run_compensation(step, attempt)
                 case ScheduleWakeup(at):
                     self._token = token = object()
                     self.start_soon(self._sleep_until, at, token)
                 case Finish():
                     self.stop()
-                    await self._deps.on_finished(self.state)
+                    await self._deps.on_stopped(self._saga_id, self.state)
+        return outcome
 
     def _results_view(self) -> Mapping[str, Any]:
         results = {}
@@ -192,7 +189,7 @@ class SagaActor(Actor[SagaMessage]):
             return FailureKind.DEFINITIVE
         return FailureKind.TRANSIENT
 
-    async def _run_step(self, index: int, attempt: int, token: object) -> None:
+    async def _run_step(self, index: int, attempt: int) -> Event:
         step = self._saga.steps[index]
         ctx = StepContext(
             saga_id=self._saga_id,
@@ -203,10 +200,7 @@ class SagaActor(Actor[SagaMessage]):
         )
         event: Event
         try:
-            with _time_limit(step.timeout) as scope:
-                value = await step.action(ctx, self._input)
-            if scope.cancelled_caught:
-                raise _StepTimeout(step.timeout)
+            value = await _call(step.timeout, step.action, ctx, self._input)
         except _StepTimeout as exc:
             event = self._failed(
                 index, attempt, error_info(exc, timed_out=True), FailureKind.TRANSIENT
@@ -224,7 +218,7 @@ class SagaActor(Actor[SagaMessage]):
                 event = StepSucceeded(
                     at=self._deps.clock.now(), step=index, attempt=attempt, result=_raw(result)
                 )
-        await self.ref.tell(_Outcome(token, event))
+        return event
 
     def _failed(self, index: int, attempt: int, error: ErrorInfo, kind: FailureKind) -> StepFailed:
         return StepFailed(
@@ -236,7 +230,7 @@ class SagaActor(Actor[SagaMessage]):
             jitter=self._deps.rng.random(),
         )
 
-    async def _run_compensation(self, index: int, attempt: int, token: object) -> None:
+    async def _run_compensation(self, index: int, attempt: int) -> Event:
         step = self._saga.steps[index]
         assert step.compensate is not None
         step_state = self.state.steps[index]
@@ -251,10 +245,7 @@ class SagaActor(Actor[SagaMessage]):
         )
         event: Event
         try:
-            with _time_limit(step.compensation_timeout) as scope:
-                await step.compensate(ctx, self._input, recorded)
-            if scope.cancelled_caught:
-                raise _StepTimeout(step.compensation_timeout)
+            await _call(step.compensation_timeout, step.compensate, ctx, self._input, recorded)
         except _StepTimeout as exc:
             event = self._compensation_failed(
                 index, attempt, error_info(exc, timed_out=True), FailureKind.TRANSIENT
@@ -264,7 +255,7 @@ class SagaActor(Actor[SagaMessage]):
             event = self._compensation_failed(index, attempt, error_info(exc), kind)
         else:
             event = CompensationSucceeded(at=self._deps.clock.now(), step=index, attempt=attempt)
-        await self.ref.tell(_Outcome(token, event))
+        return event
 
     def _compensation_failed(
         self, index: int, attempt: int, error: ErrorInfo, kind: FailureKind
@@ -288,8 +279,13 @@ class _StepTimeout(Exception):
         super().__init__(f"attempt timed out after {seconds} s")
 
 
-def _time_limit(seconds: float | None) -> anyio.CancelScope:
-    return anyio.move_on_after(seconds) if seconds is not None else anyio.CancelScope()
+async def _call(seconds: float | None, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Await `func(*args)`, raising `_StepTimeout` after `seconds` (None: no limit)."""
+    if seconds is None:
+        return await func(*args)
+    with anyio.move_on_after(seconds):
+        return await func(*args)
+    raise _StepTimeout(seconds)
 
 
 def _raw(data: bytes) -> msgspec.Raw:
