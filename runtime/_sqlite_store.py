@@ -9,13 +9,10 @@ A lock file keeps a second runtime off the same database.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import sqlite3
-import time
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Self
@@ -25,20 +22,18 @@ import anyio
 from anyio.abc import TaskGroup
 
 from saga import (
-    CorruptSagaError,
     Event,
     HistoryEntry,
     SagaNotFound,
     SagaState,
-    StaleStateError,
     StoredSaga,
     StoreError,
     UnfinishedSaga,
 )
 
-from ._codec import decode_event, decode_state, encode_event, encode_state
-from ._errors import SchemaVersionError, StoreLockedError
-from ._schema import MIGRATIONS, SCHEMA_VERSION
+from ._codec import decode_event
+from ._errors import StoreLockedError
+from ._sqlite_writer import Batch, BatchWriter, Create, Save, stored_saga
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -48,33 +43,6 @@ _SELECT_CHUNK = 500
 
 class StoreClosedError(StoreError):
     """Raised by a store's methods once it is closed (or before it is opened)."""
-
-
-@dataclass(slots=True, eq=False)
-class _Create:
-    saga: StoredSaga
-    event: Event
-    existing: StoredSaga | None = None
-    error: Exception | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _Save:
-    state: SagaState
-    event: Event
-    error: Exception | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _Batch:
-    creates: list[_Create] = field(default_factory=list)
-    saves: list[_Save] = field(default_factory=list)
-    statements: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
-    done: anyio.Event = field(default_factory=anyio.Event)
-    failure: BaseException | None = None
-
-    def __len__(self) -> int:
-        return len(self.creates) + len(self.saves) + len(self.statements)
 
 
 class SqliteStore:
@@ -97,11 +65,12 @@ class SqliteStore:
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: BatchWriter | None = None
+        self._limiter = anyio.CapacityLimiter(1)
         self._reader: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
         self._task_group: TaskGroup | None = None
-        self._batch = _Batch()
+        self._batch = Batch()
         self._has_work = anyio.Event()
         self._closing = False
         self.batches_committed = 0
@@ -112,10 +81,11 @@ class SqliteStore:
     async def __aenter__(self) -> Self:
         self._lock()
         try:
-            self._writer = await self._connect()
-            await self._writer.execute("PRAGMA journal_mode=WAL")
-            await self._migrate(self._writer)
-            self._reader = await self._connect()
+            self._writer = await anyio.to_thread.run_sync(
+                BatchWriter, self.path, self.synchronous, self.busy_timeout
+            )
+            self._reader = await aiosqlite.connect(self.path, isolation_level=None)
+            await self._reader.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         except BaseException:
             await self._close_connections()
             self._unlock()
@@ -142,17 +112,12 @@ class SqliteStore:
             await self._close_connections()
             self._unlock()
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-        await conn.execute(f"PRAGMA synchronous={self.synchronous}")
-        return conn
-
     async def _close_connections(self) -> None:
-        for conn in (self._reader, self._writer):
-            if conn is not None:
-                with anyio.CancelScope(shield=True):
-                    await conn.close()
+        with anyio.CancelScope(shield=True):
+            if self._reader is not None:
+                await self._reader.close()
+            if self._writer is not None:
+                await anyio.to_thread.run_sync(self._writer.close, limiter=self._limiter)
         self._reader = self._writer = None
 
     def _lock(self) -> None:
@@ -173,33 +138,22 @@ class SqliteStore:
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
-            )
-            rows = await _fetch(conn, "SELECT max(version) FROM schema_version")
-            current = (rows[0][0] if rows else None) or 0
-            if current > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self.path} has schema version {current}; this Sagaloop knows up to "
-                    f"{SCHEMA_VERSION}"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
-                    await conn.execute(statement)
-                await conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
-            await conn.execute("COMMIT")
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await conn.execute("ROLLBACK")
-            raise
+    async def write_pragmas(self) -> dict[str, object]:
+        """`journal_mode` and `synchronous` as the write connection has them (for checks)."""
+        writer = self._writer
+        if writer is None:
+            raise StoreClosedError(f"store {self.path} is not open")
+        names = ("journal_mode", "synchronous")
+        values = [
+            await anyio.to_thread.run_sync(writer.pragma, name, limiter=self._limiter)
+            for name in names
+        ]
+        return dict(zip(names, values, strict=True))
 
     # -- writes: group commit ----------------------------------------------
 
     async def create(self, saga: StoredSaga, event: Event) -> StoredSaga | None:
-        op = _Create(saga, event)
+        op = Create(saga, event)
         batch = self._enqueue()
         batch.creates.append(op)
         await self._wait(batch)
@@ -208,7 +162,7 @@ class SqliteStore:
         return op.existing
 
     async def save(self, state: SagaState, event: Event) -> None:
-        op = _Save(state, event)
+        op = Save(state, event)
         batch = self._enqueue()
         batch.saves.append(op)
         await self._wait(batch)
@@ -222,13 +176,13 @@ class SqliteStore:
         )
         await self._wait(batch)
 
-    def _enqueue(self) -> _Batch:
+    def _enqueue(self) -> Batch:
         if self._task_group is None or self._closing:
             raise StoreClosedError(f"store {self.path} is not open")
         self._has_work.set()
         return self._batch
 
-    async def _wait(self, batch: _Batch) -> None:
+    async def _wait(self, batch: Batch) -> None:
         await batch.done.wait()
         if batch.failure is not None:
             raise StoreError(f"write to {self.path} failed: {batch.failure}") from batch.failure
@@ -237,7 +191,7 @@ class SqliteStore:
         while True:
             await self._has_work.wait()
             self._has_work = anyio.Event()
-            batch, self._batch = self._batch, _Batch()
+            batch, self._batch = self._batch, Batch()
             if len(batch):
                 with anyio.CancelScope(shield=True):
                     try:
@@ -248,126 +202,12 @@ class SqliteStore:
             if self._closing and not len(self._batch):
                 return
 
-    async def _commit(self, batch: _Batch) -> None:
-        conn = self._writer
-        assert conn is not None
-        await conn.execute("BEGIN IMMEDIATE")
-        try:
-            history: list[tuple[object, ...]] = []
-            if batch.creates:
-                await self._insert_new(conn, batch.creates, history)
-            if batch.saves:
-                await self._update(conn, batch.saves, history)
-            for statement, params in batch.statements:
-                await conn.execute(statement, params)
-            if history:
-                await conn.executemany(
-                    "INSERT INTO history(saga_id, seq, at, event) VALUES (?, ?, ?, ?)", history
-                )
-            await conn.execute("COMMIT")
-        except BaseException:
-            # The failed statement may already have rolled the transaction back.
-            with contextlib.suppress(sqlite3.Error):
-                await conn.execute("ROLLBACK")
-            raise
+    async def _commit(self, batch: Batch) -> None:
+        writer = self._writer
+        assert writer is not None
+        await anyio.to_thread.run_sync(writer.commit, batch, limiter=self._limiter)
         self.batches_committed += 1
         self.rows_committed += len(batch)
-
-    async def _insert_new(
-        self, conn: aiosqlite.Connection, creates: list[_Create], history: list[tuple[object, ...]]
-    ) -> None:
-        existing = await self._fetch_existing(conn, {op.saga.saga_id for op in creates})
-        rows: list[tuple[object, ...]] = []
-        now = time.time()
-        for op in creates:
-            saga = op.saga
-            if saga.saga_id in existing:
-                op.existing = existing[saga.saga_id]
-                continue
-            existing[saga.saga_id] = saga  # a duplicate later in this batch sees this one
-            state = saga.state
-            rows.append(
-                (
-                    saga.saga_id,
-                    saga.saga_name,
-                    state.status.value,
-                    state.seq,
-                    saga.input.decode(),
-                    encode_state(state),
-                    state.wake_at,
-                    state.started_at or now,
-                    state.updated_at or now,
-                )
-            )
-            history.append((saga.saga_id, state.seq, op.event.at, encode_event(op.event)))
-        if rows:
-            await conn.executemany(
-                "INSERT INTO sagas(saga_id, saga_name, status, seq, input, snapshot, wake_at, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
-
-    async def _fetch_existing(
-        self, conn: aiosqlite.Connection, saga_ids: Iterable[str]
-    ) -> dict[str, StoredSaga]:
-        found: dict[str, StoredSaga] = {}
-        ids = list(saga_ids)
-        for start in range(0, len(ids), _SELECT_CHUNK):
-            chunk = ids[start : start + _SELECT_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = (
-                f"SELECT saga_id, saga_name, input, snapshot FROM sagas WHERE saga_id IN ({marks})"
-            )
-            for saga_id, saga_name, input_text, snapshot in await _fetch(conn, sql, chunk):
-                found[saga_id] = _stored(saga_id, saga_name, input_text, snapshot)
-        return found
-
-    async def _update(
-        self, conn: aiosqlite.Connection, saves: list[_Save], history: list[tuple[object, ...]]
-    ) -> None:
-        # Check each save against the stored seq first (the write lock is held):
-        # a stale or replayed save is refused alone; the rest of the batch commits.
-        stored = await self._stored_seqs(conn, [op.state.saga_id for op in saves])
-        rows: list[tuple[object, ...]] = []
-        for op in saves:
-            state = op.state
-            seq = stored.get(state.saga_id)
-            if seq is None:
-                op.error = SagaNotFound(state.saga_id)
-                continue
-            if seq != state.seq - 1:
-                op.error = StaleStateError(
-                    f"saga {state.saga_id!r}: stored snapshot is #{seq}, "
-                    f"this write expected #{state.seq - 1}"
-                )
-                continue
-            stored[state.saga_id] = state.seq  # a later save in this batch builds on it
-            rows.append(
-                (
-                    encode_state(state),
-                    state.status.value,
-                    state.seq,
-                    state.wake_at,
-                    state.updated_at,
-                    state.saga_id,
-                )
-            )
-            history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
-        if rows:
-            await conn.executemany(
-                "UPDATE sagas SET snapshot=?, status=?, seq=?, wake_at=?, updated_at=? "
-                "WHERE saga_id=?",
-                rows,
-            )
-
-    async def _stored_seqs(self, conn: aiosqlite.Connection, ids: list[str]) -> dict[str, int]:
-        stored: dict[str, int] = {}
-        for start in range(0, len(ids), _SELECT_CHUNK):
-            chunk = ids[start : start + _SELECT_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            sql = f"SELECT saga_id, seq FROM sagas WHERE saga_id IN ({marks})"
-            stored.update({row[0]: row[1] for row in await _fetch(conn, sql, chunk)})
-        return stored
 
     # -- reads -------------------------------------------------------------
 
@@ -385,7 +225,7 @@ class SqliteStore:
         if not rows:
             raise SagaNotFound(saga_id)
         saga_name, input_text, snapshot = rows[0]
-        return _stored(saga_id, saga_name, input_text, snapshot)
+        return stored_saga(saga_id, saga_name, input_text, snapshot)
 
     async def history(self, saga_id: str) -> Sequence[HistoryEntry]:
         conn = self._read_conn()
@@ -426,10 +266,3 @@ async def _fetch(
     connection: always read to the end at once.
     """
     return list(await conn.execute_fetchall(sql, params))
-
-
-def _stored(saga_id: str, saga_name: str, input_text: str | bytes, snapshot: str) -> StoredSaga:
-    if not isinstance(input_text, str | bytes):
-        raise CorruptSagaError(saga_id, "input column is not JSON text")
-    data = input_text.encode() if isinstance(input_text, str) else input_text
-    return StoredSaga(saga_id, saga_name, data, decode_state(saga_id, snapshot))

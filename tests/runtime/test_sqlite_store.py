@@ -98,18 +98,13 @@ async def test_schema_is_created_and_versioned_once(db_path: Path) -> None:
 
 async def test_default_pragmas_are_wal_and_synchronous_full(store: SqliteStore) -> None:
     assert sqlite_rows(store.path, "PRAGMA journal_mode") == [("wal",)]
-    # synchronous is per connection: ask the store's own connections.
-    for conn in (store._writer, store._reader):
-        assert conn is not None
-        async with conn.execute("PRAGMA synchronous") as cursor:
-            assert await cursor.fetchone() == (2,)  # FULL
+    # synchronous is per connection: ask the one that writes.
+    assert await store.write_pragmas() == {"journal_mode": "wal", "synchronous": 2}  # FULL
 
 
 async def test_synchronous_is_configurable_and_validated(db_path: Path) -> None:
     async with SqliteStore(db_path, synchronous="NORMAL") as store:
-        assert store._writer is not None
-        async with store._writer.execute("PRAGMA synchronous") as cursor:
-            assert await cursor.fetchone() == (1,)
+        assert (await store.write_pragmas())["synchronous"] == 1
     with pytest.raises(ValueError, match="synchronous"):
         SqliteStore(db_path, synchronous="SOMETIMES")  # type: ignore[arg-type]
 
