@@ -26,6 +26,7 @@ class Actor(Generic[M]):
     _ref: ActorRef[M]
     _task_group: TaskGroup
     _stop_requested: bool = False
+    _children: bool = False
 
     @property
     def ref(self) -> ActorRef[M]:
@@ -54,4 +55,5 @@ class Actor(Generic[M]):
         The task is cancelled when the actor stops or crashes; an exception
         escaping it crashes the actor.
         """
+        self._children = True
         self._task_group.start_soon(func, *args)

@@ -22,14 +22,15 @@ M = TypeVar("M")
 class Cell(Generic[M]):
     __slots__ = (
         "_scope",
+        "_stop_signal",
+        "_stopped",
         "factory",
+        "is_stopped",
         "mailbox",
         "name",
         "ref",
         "restarts",
         "stop_requested",
-        "stop_signal",
-        "stopped",
     )
 
     def __init__(self, name: str, factory: Callable[[], Actor[M]], capacity: int) -> None:
@@ -37,17 +38,37 @@ class Cell(Generic[M]):
         self.factory = factory
         self.mailbox: Mailbox[M] = Mailbox(name, capacity)
         self.ref: ActorRef[M] = ActorRef(self)
-        self.stopped = anyio.Event()
         self.stop_requested = False
-        self.stop_signal = anyio.Event()
+        self.is_stopped = False
         self.restarts = 0
         self._scope: anyio.CancelScope | None = None
+        # Events are made only when someone waits: most actors never need them.
+        self._stopped: anyio.Event | None = None
+        self._stop_signal: anyio.Event | None = None
 
     def cancel(self) -> None:
         self.stop_requested = True
-        self.stop_signal.set()
+        if self._stop_signal is not None:
+            self._stop_signal.set()
         if self._scope is not None:
             self._scope.cancel()
+
+    async def join(self) -> None:
+        """Wait until the actor has stopped for good."""
+        if self.is_stopped:
+            return
+        if self._stopped is None:
+            self._stopped = anyio.Event()
+        await self._stopped.wait()
+
+    async def sleep_unless_stopped(self, delay: float) -> None:
+        """Sleep `delay` seconds, or less if the actor is asked to stop."""
+        if self.stop_requested:
+            return
+        if self._stop_signal is None:
+            self._stop_signal = anyio.Event()
+        with anyio.move_on_after(delay):
+            await self._stop_signal.wait()
 
     async def run_incarnation(self) -> None:
         """Run one incarnation until it stops normally; a crash propagates."""
@@ -55,21 +76,20 @@ class Cell(Generic[M]):
         actor._ref = self.ref
         crash: Exception | None = None
         try:
-            with anyio.CancelScope() as scope:
-                self._scope = scope
+            async with anyio.create_task_group() as task_group:
+                self._scope = task_group.cancel_scope
                 if self.stop_requested:
-                    scope.cancel()
-                try:
-                    async with anyio.create_task_group() as task_group:
-                        actor._task_group = task_group
-                        await actor.on_start()
-                        while not actor._stop_requested:
-                            await _deliver(actor, await self.mailbox.get())
-                        task_group.cancel_scope.cancel()
-                except ExceptionGroup as group:
-                    if len(group.exceptions) != 1:
-                        raise
-                    crash = group.exceptions[0]
+                    task_group.cancel_scope.cancel()
+                actor._task_group = task_group
+                await actor.on_start()
+                while not actor._stop_requested:
+                    await _deliver(actor, await self.mailbox.get())
+                if actor._children:
+                    task_group.cancel_scope.cancel()
+        except ExceptionGroup as group:
+            if len(group.exceptions) != 1:
+                raise
+            crash = group.exceptions[0]
         finally:
             self._scope = None
         if crash is not None:
@@ -81,7 +101,9 @@ class Cell(Generic[M]):
 
     def finish(self) -> None:
         self.mailbox.close()
-        self.stopped.set()
+        self.is_stopped = True
+        if self._stopped is not None:
+            self._stopped.set()
 
 
 async def _deliver(actor: Actor[M], envelope: Envelope[M]) -> None:

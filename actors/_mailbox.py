@@ -18,38 +18,59 @@ M = TypeVar("M")
 
 
 class Mailbox(Generic[M]):
-    __slots__ = ("_name", "_receive", "_send")
+    __slots__ = ("_capacity", "_closed", "_name", "_receive", "_send")
 
     def __init__(self, name: str, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"mailbox capacity must be at least 1, got {capacity}")
         self._name = name
-        send, receive = anyio.create_memory_object_stream[Envelope[M]](capacity)
-        self._send: MemoryObjectSendStream[Envelope[M]] = send
-        self._receive: MemoryObjectReceiveStream[Envelope[M]] = receive
+        self._capacity = capacity
+        self._closed = False
+        # Streams are made on first use: most saga actors never get a message.
+        self._send: MemoryObjectSendStream[Envelope[M]] | None = None
+        self._receive: MemoryObjectReceiveStream[Envelope[M]] | None = None
+
+    def _streams(
+        self,
+    ) -> tuple[MemoryObjectSendStream[Envelope[M]], MemoryObjectReceiveStream[Envelope[M]]]:
+        if self._send is None or self._receive is None:
+            if self._closed:
+                raise ActorStoppedError(f"actor {self._name!r} has stopped")
+            self._send, self._receive = anyio.create_memory_object_stream[Envelope[M]](
+                self._capacity
+            )
+        return self._send, self._receive
 
     def __len__(self) -> int:
+        if self._send is None:
+            return 0
         return self._send.statistics().current_buffer_used
 
     async def put(self, envelope: Envelope[M]) -> None:
+        send, _ = self._streams()
         try:
-            await self._send.send(envelope)
+            await send.send(envelope)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise ActorStoppedError(f"actor {self._name!r} has stopped") from exc
 
     def put_nowait(self, envelope: Envelope[M]) -> None:
+        send, _ = self._streams()
         try:
-            self._send.send_nowait(envelope)
+            send.send_nowait(envelope)
         except anyio.WouldBlock as exc:
             raise MailboxFullError(f"mailbox of actor {self._name!r} is full") from exc
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             raise ActorStoppedError(f"actor {self._name!r} has stopped") from exc
 
     async def get(self) -> Envelope[M]:
-        return await self._receive.receive()
+        _, receive = self._streams()
+        return await receive.receive()
 
     def close(self) -> None:
         """Refuse new messages and fail the replies of those still queued."""
+        self._closed = True
+        if self._send is None or self._receive is None:
+            return
         self._send.close()
         while True:
             try:

@@ -32,7 +32,7 @@ class ActorRef(Generic[M]):
     @property
     def is_alive(self) -> bool:
         """False once the actor has stopped for good (restarts keep it alive)."""
-        return not self._cell.stopped.is_set()
+        return not self._cell.is_stopped
 
     @property
     def restarts(self) -> int:
@@ -70,11 +70,11 @@ class ActorRef(Generic[M]):
     async def stop(self) -> None:
         """Stop the actor now (its current message is cancelled) and wait until it has."""
         self._cell.cancel()
-        await self._cell.stopped.wait()
+        await self._cell.join()
 
     async def join(self) -> None:
         """Wait until the actor has stopped for good."""
-        await self._cell.stopped.wait()
+        await self._cell.join()
 
     def __repr__(self) -> str:
         state = "alive" if self.is_alive else "stopped"

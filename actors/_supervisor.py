@@ -139,8 +139,7 @@ class Supervisor:
                     logger.warning(
                         "actor %r crashed (%r); restarting in %.3f s", cell.name, error, delay
                     )
-                    with anyio.move_on_after(delay):
-                        await cell.stop_signal.wait()
+                    await cell.sleep_unless_stopped(delay)
                     if not cell.stop_requested:
                         cell.restarts += 1
         finally:

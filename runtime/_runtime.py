@@ -8,7 +8,6 @@ async with Runtime("orders.db", sagas=[checkout]) as rt:
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import uuid
@@ -337,22 +336,24 @@ class Runtime:
                 waiter.done.set()
 
     async def _wait_for_result(self, saga_id: str, timeout: float | None) -> Output:
-        with anyio.fail_after(math.inf if timeout is None else timeout):
-            while True:
-                if self._stack is None or self._supervisor is None:
-                    raise RuntimeNotRunningError("the runtime is not running")
-                waiter = self._waiters.get(saga_id)
-                if waiter is None:
-                    waiter = self._waiters[saga_id] = _Waiter()
-                actor = self._supervisor.get(saga_id)
-                if actor is None:
-                    # Not being driven here: the store says how it stands.
-                    stored = await self._store.load(saga_id)
-                    if stored.state.status.is_terminal:
-                        return self._outcome(stored.state)
-                await waiter.done.wait()
-                if waiter.state is not None and waiter.state.status.is_terminal:
-                    return self._outcome(waiter.state)
+        if timeout is not None:
+            with anyio.fail_after(timeout):
+                return await self._wait_for_result(saga_id, None)
+        while True:
+            if self._stack is None or self._supervisor is None:
+                raise RuntimeNotRunningError("the runtime is not running")
+            waiter = self._waiters.get(saga_id)
+            if waiter is None:
+                waiter = self._waiters[saga_id] = _Waiter()
+            actor = self._supervisor.get(saga_id)
+            if actor is None:
+                # Not being driven here: the store says how it stands.
+                stored = await self._store.load(saga_id)
+                if stored.state.status.is_terminal:
+                    return self._outcome(stored.state)
+            await waiter.done.wait()
+            if waiter.state is not None and waiter.state.status.is_terminal:
+                return self._outcome(waiter.state)
 
     def _outcome(self, state: SagaState) -> Output:
         definition = self._sagas.get(state.saga_name)
