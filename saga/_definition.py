@@ -10,6 +10,7 @@ from typing import Any
 from ._context import StepContext
 from ._errors import DefinitionError
 from ._policy import DEFAULT_COMPENSATION_RETRY, DEFAULT_STEP_RETRY, RetryPolicy
+from ._waits import SignalSpec, SleepSpec
 
 Action = Callable[[StepContext, Any], Awaitable[Any]]
 """`async def action(ctx, saga_input) -> result`."""
@@ -27,7 +28,7 @@ def _is_async_callable(func: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def _check_timeout(name: str, value: float | None) -> None:
+def check_timeout(name: str, value: float | None) -> None:
     if value is not None and (isinstance(value, bool) or not value > 0):
         raise DefinitionError(f"{name} must be None or a number of seconds > 0, got {value!r}")
 
@@ -55,6 +56,7 @@ class Step:
         "result_type",
         "retry",
         "timeout",
+        "wait",
     )
 
     def __init__(
@@ -81,8 +83,8 @@ class Step:
         for label, policy in (("retry", retry), ("compensation_retry", compensation_retry)):
             if policy is not None and not isinstance(policy, RetryPolicy):
                 raise DefinitionError(f"step {name!r}: {label} must be a RetryPolicy")
-        _check_timeout(f"step {name!r}: timeout", timeout)
-        _check_timeout(f"step {name!r}: compensation_timeout", compensation_timeout)
+        check_timeout(f"step {name!r}: timeout", timeout)
+        check_timeout(f"step {name!r}: compensation_timeout", compensation_timeout)
         self.name = name
         self.action = action
         self.compensate = compensate
@@ -93,21 +95,25 @@ class Step:
         )
         self.compensation_timeout = compensation_timeout
         self.result_type = result_type
+        self.wait: SleepSpec | SignalSpec | None = None
 
     def __repr__(self) -> str:
-        return f"Step({self.name!r})"
+        return f"{type(self).__name__}({self.name!r})"
 
 
 class Saga:
     """A named, ordered list of steps: the definition every instance runs.
 
     `input_type` validates and decodes the saga input (default: plain JSON
-    values). `version` is recorded in each instance's snapshot.
+    values). `version` is recorded in each instance's snapshot. `deadline`
+    is a total time budget in seconds: when it passes before the saga
+    completes, the saga compensates. `signals` maps each awaited signal name
+    to its payload type.
 
     Raises `DefinitionError` for an empty or duplicate step list or a bad name.
     """
 
-    __slots__ = ("_index", "input_type", "name", "steps", "version")
+    __slots__ = ("_index", "deadline", "input_type", "name", "signals", "steps", "version")
 
     def __init__(
         self,
@@ -116,6 +122,7 @@ class Saga:
         *,
         input_type: Any = Any,
         version: int = 1,
+        deadline: float | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise DefinitionError(f"saga name must be a non-empty string, got {name!r}")
@@ -131,10 +138,22 @@ class Saga:
             index[step.name] = position
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise DefinitionError(f"saga {name!r}: version must be an int >= 1")
+        check_timeout(f"saga {name!r}: deadline", deadline)
+        signals: dict[str, Any] = {}
+        for step in steps:
+            if isinstance(step.wait, SignalSpec):
+                known = signals.setdefault(step.wait.signal, step.wait.payload_type)
+                if known != step.wait.payload_type:
+                    raise DefinitionError(
+                        f"saga {name!r}: signal {step.wait.signal!r} is awaited with two "
+                        "different payload types"
+                    )
         self.name = name
         self.steps = steps
         self.input_type = input_type
         self.version = version
+        self.deadline = deadline
+        self.signals = signals
         self._index = index
 
     def step_index(self, name: str) -> int:

@@ -37,6 +37,29 @@ class StepFailed(_Event, frozen=True, tag="step_failed"):
     jitter: float = 0.0
 
 
+class StepWaiting(_Event, frozen=True, tag="step_waiting"):
+    """Waiting step `step` began waiting, until `until` (None: for its signal only)."""
+
+    step: int
+    attempt: int
+    until: float | None = None
+
+
+class SignalReceived(_Event, frozen=True, tag="signal_received"):
+    """Signal `name` was delivered from the durable inbox."""
+
+    name: str
+    payload: msgspec.Raw = NULL
+    key: str | None = None
+
+
+class CancelRequested(_Event, frozen=True, tag="cancel_requested"):
+    """An operator cancelled the saga. `not_started` is a running step whose action never ran."""
+
+    reason: str
+    not_started: int | None = None
+
+
 class CompensationSucceeded(_Event, frozen=True, tag="compensation_succeeded"):
     """The compensation of step `step` returned."""
 
@@ -80,6 +103,9 @@ Event = (
     | StepFailed
     | CompensationSucceeded
     | CompensationFailed
+    | StepWaiting
+    | SignalReceived
+    | CancelRequested
     | TimerFired
     | Recovered
     | Suspended

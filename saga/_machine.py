@@ -24,25 +24,38 @@ Transition table (saga status, event -> effect)
   (seq 0)       SagaStarted            step 0 RUNNING(1)                 RunStep
   RUNNING       StepSucceeded i        i SUCCEEDED; i+1 RUNNING(1)       RunStep
                                        or, after the last: COMPLETED     Finish
+                                       or, past the deadline: compensate
   RUNNING       StepFailed i transient, attempts left
                                        i RETRYING until at+delay         ScheduleWakeup
   RUNNING       StepFailed i transient, no attempts left / ambiguous
                                        i AMBIGUOUS; begin compensation
   RUNNING       StepFailed i definitive
                                        i FAILED; begin compensation
+  RUNNING       StepWaiting i (a waiting step's action: its deadline)
+                  signal already in the inbox: consume it, as StepSucceeded
+                  otherwise            i WAITING; saga WAITING           ScheduleWakeup?
+  WAITING       SignalReceived, awaited  as StepSucceeded with the payload
+  live          SignalReceived, other  kept in the inbox (deduplicated by key)
+  RUNNING/WAIT  CancelRequested        current step AMBIGUOUS (WAITING: FAILED;
+                                       never ran: PENDING); begin compensation
+  COMPENSATING  CancelRequested        recorded, nothing else
   COMPENSATING  CompensationSucceeded  j COMPENSATED; next or COMPENSATED Run/Finish
   COMPENSATING  CompensationFailed transient, attempts left
                                        j RETRYING                        ScheduleWakeup
   COMPENSATING  CompensationFailed otherwise
                                        j FAILED; saga FAILED             Finish
-  RUNNING/COMP  TimerFired, retry due  attempt n+1 RUNNING               Run*
-  RUNNING/COMP  TimerFired, not due    unchanged                         ScheduleWakeup
+  RUNNING/WAIT  TimerFired, deadline passed: as CancelRequested
+  live          TimerFired, retry due  attempt n+1 RUNNING               Run*
+  WAITING       TimerFired, wait over  sleep: as StepSucceeded; signal timeout:
+                                       compensate, FAILED, or continue with default
+  live          TimerFired, not due    unchanged                         ScheduleWakeup
   live          Recovered, in flight   recoveries+1; same attempt again  Run*
                   ... past the limit   SUSPENDED                         Finish
-  live          Recovered, backing off unchanged                         ScheduleWakeup
+  live          Recovered, idle        unchanged                         ScheduleWakeup?
   live          Suspended              SUSPENDED                         Finish
   SUSPENDED     Resumed                previous status; as Recovered     Run*/Schedule
   terminal      Recovered / TimerFired unchanged                         (none)
+  terminal      SignalReceived / CancelRequested: recorded, ignored
 
 "Begin compensation": status COMPENSATING; run the newest compensable step's
 compensation (attempt 1), or finish COMPENSATED when there is none.
@@ -54,20 +67,24 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import msgspec
 from msgspec.structs import replace
 
 from ._commands import Command, Finish, RunCompensation, RunStep, ScheduleWakeup
 from ._definition import Saga
 from ._errors import InvalidTransitionError
 from ._events import (
+    CancelRequested,
     CompensationFailed,
     CompensationSucceeded,
     Event,
     Recovered,
     Resumed,
     SagaStarted,
+    SignalReceived,
     StepFailed,
     StepSucceeded,
+    StepWaiting,
     Suspended,
     TimerFired,
 )
@@ -77,9 +94,11 @@ from ._model import (
     FailureKind,
     SagaState,
     SagaStatus,
+    Signal,
     StepState,
     StepStatus,
 )
+from ._waits import Continue, OnTimeout, SignalSpec
 
 
 class Transition(NamedTuple):
@@ -90,6 +109,9 @@ class Transition(NamedTuple):
 
 
 _LIVE = frozenset({SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING})
+_FORWARD = frozenset({SagaStatus.RUNNING, SagaStatus.WAITING})
+_UNDER_WAY = frozenset({StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING})
+_json = msgspec.json.Encoder().encode
 _MAY_HAVE_TAKEN_EFFECT = frozenset({StepStatus.SUCCEEDED, StepStatus.AMBIGUOUS})
 
 
@@ -116,17 +138,24 @@ def transition(saga: Saga, state: SagaState, event: Event) -> Transition:
         )
     match event:
         case SagaStarted():
-            return _on_started(state, event)
+            return _on_started(saga, state, event)
         case StepSucceeded():
-            return _on_step_succeeded(state, event)
+            _running_step(state, event)
+            return _step_done(saga, state, event, event.step, event.result)
         case StepFailed():
             return _on_step_failed(saga, state, event)
+        case StepWaiting():
+            return _on_step_waiting(saga, state, event)
+        case SignalReceived():
+            return _on_signal(saga, state, event)
+        case CancelRequested():
+            return _on_cancel(saga, state, event)
         case CompensationSucceeded():
             return _on_compensation_succeeded(saga, state, event)
         case CompensationFailed():
             return _on_compensation_failed(saga, state, event)
         case TimerFired():
-            return _on_timer(state, event)
+            return _on_timer(saga, state, event)
         case Recovered():
             return _on_recovered(state, event)
         case Suspended():
@@ -151,7 +180,18 @@ def _reject(state: SagaState, event: Event, why: str) -> InvalidTransitionError:
     )
 
 
-def _on_started(state: SagaState, event: SagaStarted) -> Transition:
+def _deadline_passed(state: SagaState, at: float) -> bool:
+    return state.deadline_at is not None and at >= state.deadline_at
+
+
+def _error(kind: str, message: str) -> ErrorInfo:
+    return ErrorInfo(type=f"saga.{kind}", message=message)
+
+
+_DEADLINE = _error("DeadlineExceeded", "the saga's deadline passed")
+
+
+def _on_started(saga: Saga, state: SagaState, event: SagaStarted) -> Transition:
     if state.seq != 0:
         raise _reject(state, event, "already started")
     first = StepState(status=StepStatus.RUNNING, attempts=1)
@@ -160,12 +200,13 @@ def _on_started(state: SagaState, event: SagaStarted) -> Transition:
         event,
         status=SagaStatus.RUNNING,
         started_at=event.at,
+        deadline_at=None if saga.deadline is None else event.at + saga.deadline,
         steps=_with_step(state.steps, 0, first),
     )
     return Transition(new, (RunStep(0, 1),))
 
 
-def _running_step(state: SagaState, event: StepSucceeded | StepFailed) -> StepState:
+def _running_step(state: SagaState, event: StepSucceeded | StepFailed | StepWaiting) -> StepState:
     if state.status is not SagaStatus.RUNNING:
         raise _reject(state, event, "no forward step runs in this status")
     if not 0 <= event.step < len(state.steps):
@@ -176,23 +217,54 @@ def _running_step(state: SagaState, event: StepSucceeded | StepFailed) -> StepSt
     return step
 
 
-def _on_step_succeeded(state: SagaState, event: StepSucceeded) -> Transition:
-    step = _running_step(state, event)
-    done = replace(step, status=StepStatus.SUCCEEDED, result=event.result, retry_at=None)
-    steps = _with_step(state.steps, event.step, done)
-    following = event.step + 1
+def _step_done(
+    saga: Saga, state: SagaState, event: Event, index: int, result: msgspec.Raw
+) -> Transition:
+    """Step `index` succeeded with `result`: start the next step, or complete."""
+    step = state.steps[index]
+    done = replace(step, status=StepStatus.SUCCEEDED, result=result, retry_at=None, wait_until=None)
+    steps = _with_step(state.steps, index, done)
+    following = index + 1
     if following == len(steps):
-        new = _advance(state, event, status=SagaStatus.COMPLETED, steps=steps, recoveries=0)
+        new = _advance(
+            state,
+            event,
+            status=SagaStatus.COMPLETED,
+            steps=steps,
+            recoveries=0,
+            waiting_for=None,
+        )
         return Transition(new, (Finish(SagaStatus.COMPLETED),))
+    if _deadline_passed(state, event.at):
+        return _begin_compensation(
+            saga,
+            state,
+            event,
+            steps,
+            None,
+            _error("DeadlineExceeded", "the saga's deadline passed"),
+        )
     started = StepState(status=StepStatus.RUNNING, attempts=1)
-    new = _advance(state, event, steps=_with_step(steps, following, started), recoveries=0)
+    new = _advance(
+        state,
+        event,
+        status=SagaStatus.RUNNING,
+        steps=_with_step(steps, following, started),
+        recoveries=0,
+        waiting_for=None,
+    )
     return Transition(new, (RunStep(following, 1),))
 
 
 def _on_step_failed(saga: Saga, state: SagaState, event: StepFailed) -> Transition:
     step = _running_step(state, event)
     policy = saga.steps[event.step].retry
-    if event.kind is FailureKind.TRANSIENT and policy.allows_another_attempt(step.attempts):
+    retryable = event.kind is FailureKind.TRANSIENT
+    if (
+        retryable
+        and policy.allows_another_attempt(step.attempts)
+        and not _deadline_passed(state, event.at)
+    ):
         retry_at = event.at + policy.delay(step.attempts, event.jitter)
         backing_off = replace(
             step, status=StepStatus.RETRYING, retry_at=retry_at, error=event.error
@@ -200,11 +272,90 @@ def _on_step_failed(saga: Saga, state: SagaState, event: StepFailed) -> Transiti
         new = _advance(
             state, event, steps=_with_step(state.steps, event.step, backing_off), recoveries=0
         )
-        return Transition(new, (ScheduleWakeup(retry_at),))
+        return Transition(new, (ScheduleWakeup(new.wake_at or retry_at),))
     outcome = StepStatus.FAILED if event.kind is FailureKind.DEFINITIVE else StepStatus.AMBIGUOUS
     ended = replace(step, status=outcome, error=event.error, retry_at=None)
     steps = _with_step(state.steps, event.step, ended)
     return _begin_compensation(saga, state, event, steps, event.step, event.error)
+
+
+def _on_step_waiting(saga: Saga, state: SagaState, event: StepWaiting) -> Transition:
+    step = _running_step(state, event)
+    spec = saga.steps[event.step].wait
+    if spec is None:
+        raise _reject(state, event, f"step {event.step} is not a waiting step")
+    if isinstance(spec, SignalSpec):
+        for position, signal in enumerate(state.inbox):
+            if signal.name == spec.signal:  # it arrived before the saga got here
+                inbox = (*state.inbox[:position], *state.inbox[position + 1 :])
+                return _step_done(
+                    saga, replace(state, inbox=inbox), event, event.step, signal.payload
+                )
+    waiting = replace(step, status=StepStatus.WAITING, wait_until=event.until)
+    new = _advance(
+        state,
+        event,
+        status=SagaStatus.WAITING,
+        steps=_with_step(state.steps, event.step, waiting),
+        waiting_for=spec.signal if isinstance(spec, SignalSpec) else None,
+        recoveries=0,
+    )
+    return Transition(new, _wake_command(new))
+
+
+def _waiting_step(saga: Saga, state: SagaState, signal: str) -> int | None:
+    if state.status is not SagaStatus.WAITING:
+        return None
+    for index, step in enumerate(state.steps):
+        spec = saga.steps[index].wait
+        if (
+            step.status is StepStatus.WAITING
+            and isinstance(spec, SignalSpec)
+            and spec.signal == signal
+        ):
+            return index
+    return None
+
+
+def _on_signal(saga: Saga, state: SagaState, event: SignalReceived) -> Transition:
+    if state.status.is_terminal or (event.key is not None and event.key in state.signal_keys):
+        return Transition(_advance(state, event), ())  # recorded, and ignored
+    keys = state.signal_keys if event.key is None else (*state.signal_keys, event.key)
+    index = _waiting_step(saga, state, event.name)
+    if index is not None:
+        return _step_done(saga, replace(state, signal_keys=keys), event, index, event.payload)
+    kept = Signal(name=event.name, payload=event.payload, key=event.key, at=event.at)
+    return Transition(_advance(state, event, signal_keys=keys, inbox=(*state.inbox, kept)), ())
+
+
+def _on_cancel(saga: Saga, state: SagaState, event: CancelRequested) -> Transition:
+    if state.status is SagaStatus.SUSPENDED:
+        raise _reject(state, event, "a suspended saga takes its cancellation when resumed")
+    if state.status not in _FORWARD:
+        return Transition(_advance(state, event), ())  # already rolling back, or ended
+    return _stop_forward(saga, state, event, _error("Cancelled", event.reason), event.not_started)
+
+
+def _stop_forward(
+    saga: Saga, state: SagaState, event: Event, error: ErrorInfo, not_started: int | None
+) -> Transition:
+    """End the forward path now (cancel, deadline) and compensate what may have taken effect."""
+    steps = state.steps
+    current: int | None = None
+    for index, step in enumerate(steps):
+        if step.status in _UNDER_WAY:
+            current = index
+            break
+    if current is not None:
+        step = steps[current]
+        if step.status is StepStatus.WAITING:
+            ended = replace(step, status=StepStatus.FAILED, wait_until=None, error=error)
+        elif current == not_started and step.attempts == 1:
+            ended = StepState()  # its action never ran: it never started
+        else:
+            ended = replace(step, status=StepStatus.AMBIGUOUS, retry_at=None, error=error)
+        steps = _with_step(steps, current, ended)
+    return _begin_compensation(saga, state, event, steps, current, error)
 
 
 def _next_compensation(saga: Saga, steps: tuple[StepState, ...]) -> int | None:
@@ -224,7 +375,7 @@ def _begin_compensation(
     state: SagaState,
     event: Event,
     steps: tuple[StepState, ...],
-    failed_step: int,
+    failed_step: int | None,
     failure: ErrorInfo,
 ) -> Transition:
     base = _advance(
@@ -235,6 +386,7 @@ def _begin_compensation(
         failed_step=failed_step,
         failure=failure,
         recoveries=0,
+        waiting_for=None,
     )
     return _compensate_next(saga, base)
 
@@ -243,9 +395,8 @@ def _compensate_next(saga: Saga, state: SagaState) -> Transition:
     """Start the next compensation of `state` (already advanced), or finish."""
     target = _next_compensation(saga, state.steps)
     if target is None:
-        return Transition(
-            replace(state, status=SagaStatus.COMPENSATED), (Finish(SagaStatus.COMPENSATED),)
-        )
+        done = replace(state, status=SagaStatus.COMPENSATED)
+        return Transition(done, (Finish(SagaStatus.COMPENSATED),))
     step = replace(
         state.steps[target], compensation=CompensationStatus.RUNNING, compensation_attempts=1
     )
@@ -318,56 +469,75 @@ def _in_flight(state: SagaState) -> Command | None:
     return None
 
 
-def _pending_wakeup(state: SagaState) -> tuple[int, float, bool] | None:
-    """(step, due time, is_compensation) of the retry the saga is backing off for."""
+def _wake_command(state: SagaState) -> Sequence[Command]:
+    wake_at = state.wake_at
+    return () if wake_at is None else (ScheduleWakeup(wake_at),)
+
+
+def _on_timer(saga: Saga, state: SagaState, event: TimerFired) -> Transition:
+    if state.status not in _LIVE or state.in_flight:
+        return Transition(state, ())
+    if state.status in _FORWARD and _deadline_passed(state, event.at):
+        return _stop_forward(saga, state, event, _DEADLINE, None)
     for index, step in enumerate(state.steps):
-        if step.status is StepStatus.RETRYING and step.retry_at is not None:
-            return index, step.retry_at, False
-        if (
+        if step.status is StepStatus.WAITING and step.wait_until is not None:
+            if step.wait_until <= event.at:
+                return _wait_over(saga, state, event, index)
+        elif step.status is StepStatus.RETRYING and step.retry_at is not None:
+            if step.retry_at <= event.at:
+                again = replace(
+                    step, status=StepStatus.RUNNING, attempts=step.attempts + 1, retry_at=None
+                )
+                new = _advance(state, event, steps=_with_step(state.steps, index, again))
+                return Transition(new, (RunStep(index, again.attempts),))
+        elif (
             step.compensation is CompensationStatus.RETRYING
             and step.compensation_retry_at is not None
+            and step.compensation_retry_at <= event.at
         ):
-            return index, step.compensation_retry_at, True
-    return None
+            attempt = step.compensation_attempts + 1
+            again = replace(
+                step,
+                compensation=CompensationStatus.RUNNING,
+                compensation_attempts=attempt,
+                compensation_retry_at=None,
+            )
+            new = _advance(state, event, steps=_with_step(state.steps, index, again))
+            return Transition(new, (RunCompensation(index, attempt),))
+    return Transition(state, _wake_command(state))  # early or stale: wait on
 
 
-def _on_timer(state: SagaState, event: TimerFired) -> Transition:
-    if state.status not in _LIVE:
-        return Transition(state, ())
-    pending = _pending_wakeup(state)
-    if pending is None:
-        return Transition(state, ())
-    index, due, is_compensation = pending
-    if due > event.at:
-        return Transition(state, (ScheduleWakeup(due),))
+def _wait_over(saga: Saga, state: SagaState, event: TimerFired, index: int) -> Transition:
+    """The wait of step `index` reached its time: a sleep ends; a signal wait times out."""
     step = state.steps[index]
-    command: Command
-    if is_compensation:
-        attempt = step.compensation_attempts + 1
-        step = replace(
-            step,
-            compensation=CompensationStatus.RUNNING,
-            compensation_attempts=attempt,
-            compensation_retry_at=None,
+    spec = saga.steps[index].wait
+    assert step.wait_until is not None
+    if not isinstance(spec, SignalSpec):
+        return _step_done(saga, state, event, index, msgspec.Raw(_json(step.wait_until)))
+    if isinstance(spec.on_timeout, Continue):
+        assert spec.default is not None
+        return _step_done(saga, state, event, index, msgspec.Raw(spec.default))
+    error = _error("SignalTimeout", f"no {spec.signal!r} signal within {spec.timeout} s")
+    failed = replace(step, status=StepStatus.FAILED, wait_until=None, error=error)
+    steps = _with_step(state.steps, index, failed)
+    if spec.on_timeout is OnTimeout.FAIL:
+        new = _advance(
+            state,
+            event,
+            status=SagaStatus.FAILED,
+            steps=steps,
+            failed_step=index,
+            failure=error,
+            waiting_for=None,
         )
-        command = RunCompensation(index, attempt)
-    else:
-        attempt = step.attempts + 1
-        step = replace(step, status=StepStatus.RUNNING, attempts=attempt, retry_at=None)
-        command = RunStep(index, attempt)
-    new = _advance(state, event, steps=_with_step(state.steps, index, step))
-    return Transition(new, (command,))
+        return Transition(new, (Finish(SagaStatus.FAILED),))
+    return _begin_compensation(saga, state, event, steps, index, error)
 
 
 def _carry_on(state: SagaState) -> Sequence[Command]:
     """What to do for a live saga loaded from its snapshot, with no new event."""
     in_flight = _in_flight(state)
-    if in_flight is not None:
-        return (in_flight,)
-    pending = _pending_wakeup(state)
-    if pending is not None:
-        return (ScheduleWakeup(pending[1]),)
-    return ()
+    return (in_flight,) if in_flight is not None else _wake_command(state)
 
 
 def _on_recovered(state: SagaState, event: Recovered) -> Transition:
@@ -379,7 +549,7 @@ def _on_recovered(state: SagaState, event: Recovered) -> Transition:
     recoveries = state.recoveries + 1
     if recoveries > event.max_recoveries:
         reason = (
-            f"recovered {recoveries} times in a row while {_describe(in_flight, state)} "
+            f"recovered {recoveries} times in a row while {_describe(in_flight)} "
             "was in flight, without progress"
         )
         return _suspend(state, event, reason, recoveries=recoveries)
@@ -388,7 +558,7 @@ def _on_recovered(state: SagaState, event: Recovered) -> Transition:
     return Transition(_advance(state, event, recoveries=recoveries), (in_flight,))
 
 
-def _describe(command: Command, state: SagaState) -> str:
+def _describe(command: Command) -> str:
     if isinstance(command, RunStep):
         return f"step {command.step} attempt {command.attempt}"
     if isinstance(command, RunCompensation):

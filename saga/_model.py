@@ -38,6 +38,7 @@ class SagaStatus(enum.StrEnum):
 
 
 _TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
+_FORWARD = frozenset({SagaStatus.RUNNING, SagaStatus.WAITING})
 
 
 class StepStatus(enum.StrEnum):
@@ -49,6 +50,8 @@ class StepStatus(enum.StrEnum):
     """An attempt's intent is durable; its outcome is not (yet)."""
     RETRYING = "retrying"
     """An attempt failed retryably; the next one is due at `retry_at`."""
+    WAITING = "waiting"
+    """A waiting step (sleep or signal) is waiting; see `wait_until`."""
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     """Failed definitively: proven to have taken no effect."""
@@ -94,12 +97,22 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
     retry_at: float | None = None
+    wait_until: float | None = None
     result: msgspec.Raw = NULL
     error: ErrorInfo | None = None
     compensation: CompensationStatus = CompensationStatus.NONE
     compensation_attempts: int = 0
     compensation_retry_at: float | None = None
     compensation_error: ErrorInfo | None = None
+
+
+class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A signal kept in a saga's inbox until a step waits for it."""
+
+    name: str
+    payload: msgspec.Raw = NULL
+    key: str | None = None
+    at: float = 0.0
 
 
 class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="saga"):
@@ -119,6 +132,10 @@ class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, t
     resume_status: SagaStatus | None = None
     started_at: float = 0.0
     updated_at: float = 0.0
+    deadline_at: float | None = None
+    waiting_for: str | None = None
+    inbox: tuple[Signal, ...] = ()
+    signal_keys: tuple[str, ...] = ()
 
     @property
     def wake_at(self) -> float | None:
@@ -126,7 +143,19 @@ class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, t
         due = [
             t
             for step in self.steps
-            for t in (step.retry_at, step.compensation_retry_at)
+            for t in (step.retry_at, step.compensation_retry_at, step.wait_until)
             if t is not None
         ]
+        if self.deadline_at is not None and self.status in _FORWARD:
+            due.append(self.deadline_at)
         return min(due) if due else None
+
+    @property
+    def in_flight(self) -> bool:
+        """True when a step or compensation intent is durable but its outcome is not."""
+        forward = self.status is SagaStatus.RUNNING
+        return any(
+            (forward and step.status is StepStatus.RUNNING)
+            or step.compensation is CompensationStatus.RUNNING
+            for step in self.steps
+        )
