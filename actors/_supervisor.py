@@ -66,12 +66,12 @@ class Supervisor:
         name: str,
         mailbox_size: int = 16,
         strategy: SupervisorStrategy | None = None,
-        on_stop: Callable[[], None] | None = None,
+        on_stop: Callable[[Exception | None], None] | None = None,
     ) -> ActorRef[M]:
         """Start an actor built by `factory` and return its ref at once.
 
         `on_stop` is called once the actor has stopped for good (its name is
-        free again), whatever the reason.
+        free again), with the error that made it stop, or None for a normal stop.
 
         Raises `ActorNameTakenError` if a live actor has `name`, and
         `RuntimeError` outside the supervisor's `async with`.
@@ -120,7 +120,10 @@ class Supervisor:
         raise escalated
 
     async def _supervise(
-        self, cell: Cell[M], strategy: SupervisorStrategy, on_stop: Callable[[], None] | None
+        self,
+        cell: Cell[M],
+        strategy: SupervisorStrategy,
+        on_stop: Callable[[Exception | None], None] | None,
     ) -> None:
         crashes: deque[float] = deque()
         fatal: Exception | None = None
@@ -147,7 +150,7 @@ class Supervisor:
             del self._cells[cell.name]
             cell.finish()
             if on_stop is not None:
-                on_stop()
+                on_stop(fatal)
         if fatal is not None:
             await self._escalate(cell, strategy, fatal)
 

@@ -4,15 +4,22 @@ from runtime import Runtime, SagaCompensated, SagaFailed, SagaNotFound, Duplicat
 """
 
 from saga import (
+    Continue,
     CorruptSagaError,
+    OnTimeout,
     PayloadError,
+    SagaEndedError,
     SagaError,
     SagaNotFound,
     SagaStatus,
+    Sleep,
     StaleStateError,
     StoreError,
+    VirtualClock,
+    WaitForSignal,
 )
 
+from ._delegate import DelegatingStore
 from ._errors import (
     DuplicateSagaError,
     RuntimeNotRunningError,
@@ -22,13 +29,24 @@ from ._errors import (
     SchemaVersionError,
     StoreLockedError,
     UnknownSagaError,
+    UnknownSignalError,
 )
 from ._handle import SagaHandle
-from ._info import SagaInfo, StepInfo
+from ._info import SagaInfo, SagaPage, SagaSummary, StepInfo
 from ._runtime import Runtime
 from ._sqlite_store import SqliteStore, StoreClosedError
 
 __all__ = (
+    "SagaSummary",
+    "SagaPage",
+    "UnknownSignalError",
+    "WaitForSignal",
+    "VirtualClock",
+    "Sleep",
+    "SagaEndedError",
+    "OnTimeout",
+    "Continue",
+    "DelegatingStore",
     "CorruptSagaError",
     "DuplicateSagaError",
     "PayloadError",

@@ -70,3 +70,7 @@ class RuntimeNotRunningError(SagaError, RuntimeError):
 
 class SagaSuspendedError(SagaError):
     """Raised by `Runtime.resume` for a saga that is not suspended."""
+
+
+class UnknownSignalError(SagaError, LookupError):
+    """Raised by `Runtime.signal` for a signal no step of the saga waits for."""

@@ -38,6 +38,8 @@ class SagaInfo:
     `current_step` is the step running or backing off (or being compensated),
     `attempts` its attempt count, `last_error` the newest recorded error,
     `failure` the error that started compensation, `history` every transition.
+    A waiting saga shows `waiting_for` (the signal; None for a sleep) and
+    `wake_at` (when it wakes, or times out, if ever).
     """
 
     saga_id: str
@@ -50,6 +52,7 @@ class SagaInfo:
     failure: ErrorInfo | None
     steps: tuple[StepInfo, ...]
     wake_at: float | None
+    waiting_for: str | None
     suspended_reason: str | None
     recoveries: int
     started_at: float
@@ -99,6 +102,7 @@ def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> 
         failure=state.failure,
         steps=steps,
         wake_at=state.wake_at,
+        waiting_for=state.waiting_for,
         suspended_reason=state.suspended_reason,
         recoveries=state.recoveries,
         started_at=state.started_at,
@@ -114,3 +118,23 @@ def _last_error(history: Sequence[HistoryEntry]) -> ErrorInfo | None:
         if isinstance(error, ErrorInfo):
             return error
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class SagaSummary:
+    """One saga in a `Runtime.list` page."""
+
+    saga_id: str
+    saga_name: str
+    status: SagaStatus
+    waiting_for: str | None
+    wake_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SagaPage:
+    """A page of `Runtime.list`; `next_after` continues it (None: no more)."""
+
+    items: tuple[SagaSummary, ...]
+    next_after: str | None

@@ -12,31 +12,27 @@ import os
 import random
 import uuid
 from collections.abc import Iterable
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 
-from actors import RestartWithBackoff, Supervisor
+from actors import RestartWithBackoff
 from saga import (
     Clock,
     CompensationStatus,
-    CorruptSagaError,
     FreshStart,
-    InvalidTransitionError,
+    InboxItem,
     Resumed,
     Saga,
-    SagaActor,
-    SagaActorDeps,
+    SagaEndedError,
     SagaStarted,
     SagaState,
     SagaStatus,
     Store,
     StoredSaga,
-    Suspended,
     SystemClock,
-    Transition,
     decode_payload,
     encode_payload,
     initial_state,
@@ -50,9 +46,11 @@ from ._errors import (
     SagaFailed,
     SagaSuspendedError,
     UnknownSagaError,
+    UnknownSignalError,
 )
 from ._handle import SagaHandle
-from ._info import SagaInfo, saga_info
+from ._host import SagaHost
+from ._info import SagaInfo, SagaPage, SagaSummary, saga_info
 from ._sqlite_store import SqliteStore, Synchronous
 
 logger = logging.getLogger("runtime")
@@ -64,16 +62,6 @@ DEFAULT_SUPERVISION = RestartWithBackoff(
 )
 
 
-class _Waiter:
-    """Woken when a saga's actor stops; carries the final state when it finished."""
-
-    __slots__ = ("done", "state")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.state: SagaState | None = None
-
-
 class Runtime:
     """The saga runtime, used as an async context manager.
 
@@ -83,7 +71,10 @@ class Runtime:
     again on the next start) and closes the store. Sagas stay durable
     across any exit, clean or not.
 
-    Options: `clock` (wall time for due times; tests pass a fake),
+    Options: `clock` (wall time for due times; tests pass a
+    `VirtualClock`), `keep_warm` (waits shorter than this keep their actor
+    in memory; longer ones passivate it: no actor, no task, until a timer
+    or a signal brings it back),
     `synchronous` (SQLite's durability; FULL by default), `max_recoveries`
     (recoveries in a row without progress before a saga is suspended),
     `supervision` (how crashed saga actors are restarted before they are
@@ -104,6 +95,7 @@ class Runtime:
         max_recoveries: int = 5,
         supervision: RestartWithBackoff = DEFAULT_SUPERVISION,
         mailbox_size: int = 16,
+        keep_warm: float = 1.0,
         rng: random.Random | None = None,
     ) -> None:
         self._sagas: dict[str, Saga] = {}
@@ -121,20 +113,20 @@ class Runtime:
             )
         else:
             self._store = database
+        if keep_warm < 0:
+            raise ValueError("keep_warm must be >= 0")
         self._clock = clock if clock is not None else SystemClock()
-        self._max_recoveries = max_recoveries
-        self._supervision = supervision
-        self._mailbox_size = mailbox_size
         self._rng = rng if rng is not None else random.Random()
-        self._supervisor: Supervisor | None = None
         self._stack: AsyncExitStack | None = None
-        self._waiters: dict[str, _Waiter] = {}
-        self._deps = SagaActorDeps(
-            store=self._store,
+        self._host = SagaHost(
+            self._store,
+            self._sagas,
             clock=self._clock,
             rng=self._rng,
             max_recoveries=max_recoveries,
-            on_stopped=self._on_stopped,
+            supervision=supervision,
+            mailbox_size=mailbox_size,
+            keep_warm=keep_warm,
         )
 
     @property
@@ -144,8 +136,8 @@ class Runtime:
 
     @property
     def live_actors(self) -> int:
-        """Saga actors currently in memory."""
-        return self._supervisor.live_actors if self._supervisor is not None else 0
+        """Saga actors currently in memory (a saga that only waits has none)."""
+        return self._host.live_actors
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -154,17 +146,19 @@ class Runtime:
             raise RuntimeError("this Runtime is already running")
         stack = AsyncExitStack()
         try:
-            enter = getattr(self._store, "__aenter__", None)
-            if enter is not None:
-                await stack.enter_async_context(self._store)  # type: ignore[arg-type]
-            self._supervisor = await stack.enter_async_context(
-                Supervisor(self._supervision, on_escalate=self._on_escalate, rng=self._rng)
-            )
+            if isinstance(self._store, AbstractAsyncContextManager):
+                await stack.enter_async_context(self._store)
+            task_group = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(task_group.cancel_scope.cancel)  # the timer service runs forever
+            self._host.bind(task_group)
+            await stack.enter_async_context(self._host.supervisor)
             self._stack = stack
-            await self._resume_unfinished()
+            for saga in await self._store.runnable():
+                await self._host.activate(saga.saga_id, saga.saga_name)
+            task_group.start_soon(self._host.timers.run, name="sagaloop-timers")
         except BaseException:
             self._stack = None
-            self._supervisor = None
+            self._host.close()
             await stack.aclose()
             raise
         return self
@@ -181,46 +175,11 @@ class Runtime:
                 return await stack.__aexit__(exc_type, exc, tb)
             return None
         finally:
-            self._supervisor = None
-            for waiter in self._waiters.values():
-                waiter.done.set()
-            self._waiters.clear()
+            self._host.close()
 
-    def _running_supervisor(self) -> Supervisor:
-        if self._supervisor is None or self._stack is None:
+    def _check_running(self) -> None:
+        if self._stack is None:
             raise RuntimeNotRunningError("use the Runtime inside `async with`")
-        return self._supervisor
-
-    async def _resume_unfinished(self) -> None:
-        for saga in await self._store.unfinished():
-            definition = self._sagas.get(saga.saga_name)
-            if definition is None:
-                logger.warning(
-                    "saga %r is a %r saga, which this runtime was not given; left as it is",
-                    saga.saga_id,
-                    saga.saga_name,
-                )
-                continue
-            await self._start_actor(definition, saga.saga_id, None)
-
-    async def _start_actor(self, saga: Saga, saga_id: str, fresh: FreshStart | None) -> None:
-        supervisor = self._running_supervisor()
-        previous = supervisor.get(saga_id)
-        if previous is not None:
-            await previous.join()  # an actor that just finished this saga is still winding down
-        pending = [fresh] if fresh is not None else []
-
-        def build() -> SagaActor:
-            # Only the first incarnation starts from the in-memory transition;
-            # a restart reloads the durable snapshot.
-            return SagaActor(saga, saga_id, self._deps, pending.pop() if pending else None)
-
-        supervisor.spawn(
-            build,
-            name=saga_id,
-            mailbox_size=self._mailbox_size,
-            on_stop=lambda: self._wake_waiters(saga_id),
-        )
 
     # -- public API --------------------------------------------------------
 
@@ -247,7 +206,7 @@ class Runtime:
         that does not match the saga's `input_type`, and `ValueError` for
         an empty `saga_id`.
         """
-        self._running_supervisor()
+        self._check_running()
         definition = self._definition(saga)
         if saga_id is None:
             saga_id = uuid.uuid4().hex
@@ -265,7 +224,7 @@ class Runtime:
             if existing.input != data:
                 raise DuplicateSagaError(saga_id, "with a different input")
             return SagaHandle(self, saga_id)
-        await self._start_actor(definition, saga_id, FreshStart(first, data))
+        await self._host.start(definition, saga_id, FreshStart(first, data))
         return SagaHandle(self, saga_id)
 
     def handle(self, saga_id: str) -> SagaHandle[Output]:
@@ -289,7 +248,7 @@ class Runtime:
         Raises `SagaNotFound`, `SagaSuspendedError` if it is not suspended,
         `CorruptSagaError` if its snapshot cannot be decoded.
         """
-        self._running_supervisor()
+        self._check_running()
         stored = await self._store.load(saga_id)
         if stored.state.status is not SagaStatus.SUSPENDED:
             raise SagaSuspendedError(
@@ -299,61 +258,115 @@ class Runtime:
         event = Resumed(at=self._clock.now())
         resumed = transition(definition, stored.state, event)
         await self._store.save(resumed.state, event)
-        await self._start_actor(definition, saga_id, FreshStart(resumed, stored.input))
+        await self._host.start(definition, saga_id, FreshStart(resumed, stored.input, resumed=True))
+
+    async def signal(
+        self,
+        saga_id: str,
+        name: str,
+        payload: Any = None,
+        *,
+        idempotency_key: str | None = None,
+    ) -> bool:
+        """Send signal `name` to a saga; return once it is durable.
+
+        It is delivered exactly once, in order, to the step that waits for
+        it (now or later: early signals are kept). A second signal with the
+        same `idempotency_key` is dropped; returns False for it when it is
+        noticed at once. Raises `SagaNotFound`, `SagaEndedError` if the saga
+        has ended, `UnknownSignalError` if no step of the saga waits for
+        `name`, `PayloadError` if `payload` does not match the step's
+        `payload_type`.
+        """
+        self._check_running()
+        stored = await self._store.load(saga_id)
+        definition = self._definition(stored.saga_name)
+        if stored.state.status.is_terminal:
+            raise SagaEndedError(saga_id, stored.state.status)
+        if name not in definition.signals:
+            raise UnknownSignalError(
+                f"no step of saga {definition.name!r} waits for signal {name!r} "
+                f"(it waits for: {', '.join(sorted(definition.signals)) or 'none'})"
+            )
+        what = f"payload of signal {name!r}"
+        data = encode_payload(payload, what)
+        decode_payload(data, definition.signals[name], what)
+        item = InboxItem(0, saga_id, "signal", name, data, idempotency_key, self._clock.now())
+        accepted = await self._store.deliver(item)
+        await self._host.nudge(saga_id, stored.saga_name, cancel=False)
+        return accepted
+
+    async def cancel(self, saga_id: str, reason: str = "cancelled") -> None:
+        """Cancel a saga: it stops its forward path and compensates what may have taken effect.
+
+        Durable on return. A running forward step is interrupted (it counts
+        as ambiguous); compensations are never interrupted. A saga already
+        compensating carries on; a suspended one is cancelled when resumed.
+        Raises `SagaNotFound`, and `SagaEndedError` if it has ended.
+        """
+        self._check_running()
+        stored = await self._store.load(saga_id)
+        if stored.state.status.is_terminal:
+            raise SagaEndedError(saga_id, stored.state.status)
+        item = InboxItem(0, saga_id, "cancel", str(reason), b"null", None, self._clock.now())
+        await self._store.deliver(item)
+        await self._host.nudge(saga_id, stored.saga_name, cancel=True)
+
+    async def list(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: SagaStatus | str | None = None,
+        waiting_for: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> SagaPage:
+        """Sagas by id, filtered by saga name, status and the signal they wait for.
+
+        Pass the page's `next_after` as `after` for the next page (None: the end).
+        Raises `ValueError` for an unknown status or a `limit` outside 1..1000.
+        """
+        if status is not None and status not in {s.value for s in SagaStatus}:
+            raise ValueError(f"unknown status {status!r}")
+        if not 1 <= limit <= 1000:
+            raise ValueError("limit must be between 1 and 1000")
+        rows = await self._store.list_sagas(
+            saga_name=saga_name,
+            status=None if status is None else str(status),
+            waiting_for=waiting_for,
+            after=after,
+            limit=limit,
+        )
+        items = tuple(
+            SagaSummary(
+                saga_id=row.saga_id,
+                saga_name=row.saga_name,
+                status=SagaStatus(row.status),
+                waiting_for=row.waiting_for,
+                wake_at=row.wake_at,
+                updated_at=row.updated_at,
+            )
+            for row in rows
+        )
+        return SagaPage(items, items[-1].saga_id if len(items) == limit else None)
 
     # -- outcomes ----------------------------------------------------------
-
-    async def _on_stopped(self, saga_id: str, state: SagaState | None) -> None:
-        # The actor is about to stop; waiters wake once it has (`_wake_waiters`).
-        waiter = self._waiters.get(saga_id)
-        if waiter is not None:
-            waiter.state = state
-
-    def _wake_waiters(self, saga_id: str) -> None:
-        waiter = self._waiters.pop(saga_id, None)
-        if waiter is not None:
-            waiter.done.set()
-
-    async def _on_escalate(self, saga_id: str, error: Exception) -> None:
-        reason = f"its actor kept crashing; last error: {type(error).__name__}: {error}"
-        try:
-            stored = await self._store.load(saga_id)
-            event = Suspended(at=self._clock.now(), reason=reason)
-            suspended: Transition = transition(
-                self._definition(stored.saga_name), stored.state, event
-            )
-            await self._store.save(suspended.state, event)
-            logger.error("saga %r suspended: %s", saga_id, reason)
-        except CorruptSagaError as exc:
-            await self._store.quarantine(saga_id, str(exc))
-        except InvalidTransitionError:
-            pass  # it ended or was suspended meanwhile
-        except Exception:
-            logger.exception("could not suspend saga %r; it resumes at the next start", saga_id)
-        finally:
-            waiter = self._waiters.pop(saga_id, None)
-            if waiter is not None:
-                waiter.done.set()
 
     async def _wait_for_result(self, saga_id: str, timeout: float | None) -> Output:
         if timeout is not None:
             with anyio.fail_after(timeout):
                 return await self._wait_for_result(saga_id, None)
         while True:
-            if self._stack is None or self._supervisor is None:
-                raise RuntimeNotRunningError("the runtime is not running")
-            waiter = self._waiters.get(saga_id)
-            if waiter is None:
-                waiter = self._waiters[saga_id] = _Waiter()
-            actor = self._supervisor.get(saga_id)
-            if actor is None:
-                # Not being driven here: the store says how it stands.
+            self._check_running()
+            self._host.waiter_armed(saga_id)
+            if not self._host.is_live(saga_id):
+                # Not in memory: the store says how it stands.
                 stored = await self._store.load(saga_id)
                 if stored.state.status.is_terminal:
                     return self._outcome(stored.state)
-            await waiter.done.wait()
-            if waiter.state is not None and waiter.state.status.is_terminal:
-                return self._outcome(waiter.state)
+            final = await self._host.wait(saga_id)
+            if final is not None and final.status.is_terminal:
+                return self._outcome(final)
 
     def _outcome(self, state: SagaState) -> Output:
         definition = self._sagas.get(state.saga_name)
@@ -376,4 +389,4 @@ class Runtime:
                 raise SagaFailed(
                     state.saga_id, names[index], step.compensation_error, cause_step, state.failure
                 )
-        raise SagaFailed(state.saga_id, None, None, cause_step, state.failure)  # pragma: no cover
+        raise SagaFailed(state.saga_id, None, None, cause_step, state.failure)

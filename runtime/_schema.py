@@ -6,7 +6,7 @@ fencing); the embedded store leaves them at their defaults.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -40,5 +40,26 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             PRIMARY KEY (saga_id, seq)
         )
         """,
+    ),
+    2: (
+        "ALTER TABLE sagas ADD COLUMN runnable INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE sagas ADD COLUMN waiting_for TEXT",
+        # Before passivation every live saga had an actor: resume them all once.
+        "UPDATE sagas SET runnable = 1 WHERE status IN ('running', 'compensating')",
+        "CREATE INDEX sagas_runnable ON sagas(saga_id) WHERE runnable = 1",
+        "CREATE INDEX sagas_listing ON sagas(status, saga_name, saga_id)",
+        """
+        CREATE TABLE inbox (
+            id      INTEGER PRIMARY KEY AUTOINCREMENT,
+            saga_id TEXT NOT NULL,
+            kind    TEXT NOT NULL,
+            name    TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            key     TEXT,
+            at      REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX inbox_by_saga ON inbox(saga_id, id)",
+        "CREATE UNIQUE INDEX inbox_by_key ON inbox(saga_id, kind, key) WHERE key IS NOT NULL",
     ),
 }

@@ -22,9 +22,12 @@ import anyio
 from anyio.abc import TaskGroup
 
 from saga import (
+    DueSaga,
     Event,
     HistoryEntry,
+    InboxItem,
     SagaNotFound,
+    SagaRow,
     SagaState,
     StoredSaga,
     StoreError,
@@ -33,7 +36,7 @@ from saga import (
 
 from ._codec import decode_event
 from ._errors import StoreLockedError
-from ._sqlite_writer import Batch, BatchWriter, Create, Save, stored_saga
+from ._sqlite_writer import Batch, BatchWriter, Create, Deliver, Save, stored_saga
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -161,13 +164,22 @@ class SqliteStore:
             raise op.error
         return op.existing
 
-    async def save(self, state: SagaState, event: Event) -> None:
-        op = Save(state, event)
+    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
+        op = Save(state, event, consumed)
         batch = self._enqueue()
         batch.saves.append(op)
         await self._wait(batch)
         if op.error is not None:
             raise op.error
+
+    async def deliver(self, item: InboxItem) -> bool:
+        op = Deliver(item)
+        batch = self._enqueue()
+        batch.deliveries.append(op)
+        await self._wait(batch)
+        if op.error is not None:
+            raise op.error
+        return op.accepted
 
     async def quarantine(self, saga_id: str, reason: str) -> None:
         batch = self._enqueue()
@@ -254,6 +266,85 @@ class SqliteStore:
             raise SagaNotFound(saga_id)
         reason: str | None = rows[0][0]
         return reason
+
+    async def inbox(self, saga_id: str) -> Sequence[InboxItem]:
+        rows = await _fetch(
+            self._read_conn(),
+            "SELECT id, kind, name, payload, key, at FROM inbox WHERE saga_id=? ORDER BY id",
+            (saga_id,),
+        )
+        return [
+            InboxItem(row_id, saga_id, kind, name, payload.encode(), key, at)
+            for row_id, kind, name, payload, key, at in rows
+        ]
+
+    async def runnable(self) -> Sequence[UnfinishedSaga]:
+        marks = ",".join("?" * len(_LIVE_STATUSES))
+        rows = await _fetch(
+            self._read_conn(),
+            f"SELECT saga_id, saga_name FROM sagas WHERE runnable = 1 AND status IN ({marks})",
+            _LIVE_STATUSES,
+        )
+        return [UnfinishedSaga(saga_id, saga_name) for saga_id, saga_name in rows]
+
+    async def due(
+        self, now: float, *, after: tuple[float, str] | None = None, limit: int = 500
+    ) -> Sequence[DueSaga]:
+        marks = ",".join("?" * len(_LIVE_STATUSES))
+        sql = (
+            "SELECT saga_id, saga_name, wake_at FROM sagas "
+            f"WHERE wake_at IS NOT NULL AND wake_at <= ? AND status IN ({marks})"
+        )
+        params: list[object] = [now, *_LIVE_STATUSES]
+        if after is not None:
+            sql += " AND (wake_at > ? OR (wake_at = ? AND saga_id > ?))"
+            params += [after[0], after[0], after[1]]
+        sql += " ORDER BY wake_at, saga_id LIMIT ?"
+        params.append(limit)
+        rows = await _fetch(self._read_conn(), sql, params)
+        return [DueSaga(saga_id, saga_name, wake_at) for saga_id, saga_name, wake_at in rows]
+
+    async def next_wake_at(self, after: float | None = None) -> float | None:
+        marks = ",".join("?" * len(_LIVE_STATUSES))
+        sql = f"SELECT min(wake_at) FROM sagas WHERE wake_at IS NOT NULL AND status IN ({marks})"
+        params: list[object] = list(_LIVE_STATUSES)
+        if after is not None:
+            sql += " AND wake_at > ?"
+            params.append(after)
+        rows = await _fetch(self._read_conn(), sql, params)
+        value: float | None = rows[0][0] if rows else None
+        return value
+
+    async def list_sagas(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: str | None = None,
+        waiting_for: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Sequence[SagaRow]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (
+            ("status", status),
+            ("saga_name", saga_name),
+            ("waiting_for", waiting_for),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if after is not None:
+            clauses.append("saga_id > ?")
+            params.append(after)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = await _fetch(
+            self._read_conn(),
+            "SELECT saga_id, saga_name, status, waiting_for, wake_at, updated_at FROM sagas "
+            f"{where} ORDER BY saga_id LIMIT ?",
+            [*params, limit],
+        )
+        return [SagaRow(*row) for row in rows]
 
 
 async def _fetch(

@@ -21,6 +21,8 @@ import anyio
 from saga import (
     CorruptSagaError,
     Event,
+    InboxItem,
+    SagaEndedError,
     SagaNotFound,
     SagaState,
     StaleStateError,
@@ -32,6 +34,7 @@ from ._errors import SchemaVersionError
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 
 _SELECT_CHUNK = 500
+_ENDED = frozenset({"completed", "compensated", "failed"})
 
 
 @dataclass(slots=True, eq=False)
@@ -46,6 +49,14 @@ class Create:
 class Save:
     state: SagaState
     event: Event
+    consumed: int | None = None
+    error: Exception | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Deliver:
+    item: InboxItem
+    accepted: bool = False
     error: Exception | None = None
 
 
@@ -53,12 +64,13 @@ class Save:
 class Batch:
     creates: list[Create] = field(default_factory=list)
     saves: list[Save] = field(default_factory=list)
+    deliveries: list[Deliver] = field(default_factory=list)
     statements: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
     done: anyio.Event = field(default_factory=anyio.Event)
     failure: BaseException | None = None
 
     def __len__(self) -> int:
-        return len(self.creates) + len(self.saves) + len(self.statements)
+        return len(self.creates) + len(self.saves) + len(self.deliveries) + len(self.statements)
 
 
 def connect(path: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
@@ -118,6 +130,8 @@ class BatchWriter:
                 self._insert_new(batch.creates, history)
             if batch.saves:
                 self._update(batch.saves, history)
+            if batch.deliveries:
+                self._deliver(batch.deliveries)
             for statement, params in batch.statements:
                 conn.execute(statement, params)
             if history:
@@ -168,6 +182,8 @@ class BatchWriter:
                     saga.input.decode(),
                     encode_state(state),
                     state.wake_at,
+                    int(state.in_flight),
+                    state.waiting_for,
                     state.started_at or now,
                     state.updated_at or now,
                 )
@@ -176,7 +192,8 @@ class BatchWriter:
         if rows:
             self._conn.executemany(
                 "INSERT INTO sagas(saga_id, saga_name, status, seq, input, snapshot, wake_at, "
-                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "runnable, waiting_for, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
 
@@ -188,6 +205,7 @@ class BatchWriter:
             for row in self._select_in("saga_id, seq", [op.state.saga_id for op in saves])
         }
         rows: list[tuple[object, ...]] = []
+        consumed: list[tuple[int, str]] = []
         for op in saves:
             state = op.state
             seq = stored.get(state.saga_id)
@@ -207,17 +225,45 @@ class BatchWriter:
                     state.status.value,
                     state.seq,
                     state.wake_at,
+                    int(state.in_flight),
+                    state.waiting_for,
                     state.updated_at,
                     state.saga_id,
                 )
             )
             history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
+            if op.consumed is not None:
+                consumed.append((op.consumed, state.saga_id))
         if rows:
             self._conn.executemany(
-                "UPDATE sagas SET snapshot=?, status=?, seq=?, wake_at=?, updated_at=? "
-                "WHERE saga_id=?",
+                "UPDATE sagas SET snapshot=?, status=?, seq=?, wake_at=?, runnable=?, "
+                "waiting_for=?, updated_at=? WHERE saga_id=?",
                 rows,
             )
+        if consumed:
+            self._conn.executemany("DELETE FROM inbox WHERE id=? AND saga_id=?", consumed)
+
+    def _deliver(self, deliveries: list[Deliver]) -> None:
+        statuses = {
+            row[0]: row[1]
+            for row in self._select_in(
+                "saga_id, status", list({op.item.saga_id for op in deliveries})
+            )
+        }
+        for op in deliveries:
+            item = op.item
+            status = statuses.get(item.saga_id)
+            if status is None:
+                op.error = SagaNotFound(item.saga_id)
+            elif status in _ENDED:
+                op.error = SagaEndedError(item.saga_id, str(status))
+            else:
+                cursor = self._conn.execute(
+                    "INSERT OR IGNORE INTO inbox(saga_id, kind, name, payload, key, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (item.saga_id, item.kind, item.name, item.payload.decode(), item.key, item.at),
+                )
+                op.accepted = cursor.rowcount == 1
 
 
 def stored_saga(

@@ -3,8 +3,17 @@
 from saga import Saga, Step, RetryPolicy, StepContext, NonRetryableError
 """
 
-from ._actor import FreshStart, GetState, SagaActor, SagaActorDeps, SagaMessage
-from ._clock import Clock, SystemClock
+from ._actor import (
+    FreshStart,
+    GetState,
+    Nudge,
+    Nudges,
+    SagaActor,
+    SagaActorDeps,
+    SagaMessage,
+    WakeUp,
+)
+from ._clock import Clock, SystemClock, VirtualClock
 from ._commands import Command, Finish, RunCompensation, RunStep, ScheduleWakeup
 from ._context import StepContext
 from ._definition import Action, Compensation, Saga, Step
@@ -14,20 +23,24 @@ from ._errors import (
     InvalidTransitionError,
     NonRetryableError,
     PayloadError,
+    SagaEndedError,
     SagaError,
     SagaNotFound,
     StaleStateError,
     StoreError,
 )
 from ._events import (
+    CancelRequested,
     CompensationFailed,
     CompensationSucceeded,
     Event,
     Recovered,
     Resumed,
     SagaStarted,
+    SignalReceived,
     StepFailed,
     StepSucceeded,
+    StepWaiting,
     Suspended,
     TimerFired,
 )
@@ -38,14 +51,41 @@ from ._model import (
     FailureKind,
     SagaState,
     SagaStatus,
+    Signal,
     StepState,
     StepStatus,
 )
 from ._payload import decode_payload, encode_payload
 from ._policy import RetryPolicy
-from ._store import HistoryEntry, Store, StoredSaga, UnfinishedSaga
+from ._store import (
+    DueSaga,
+    HistoryEntry,
+    InboxItem,
+    SagaRow,
+    Store,
+    StoredSaga,
+    UnfinishedSaga,
+)
+from ._wait_steps import Sleep, WaitForSignal
+from ._waits import Continue, OnTimeout
 
 __all__ = (
+    "VirtualClock",
+    "Nudge",
+    "Nudges",
+    "WakeUp",
+    "WaitForSignal",
+    "StepWaiting",
+    "Sleep",
+    "SignalReceived",
+    "Signal",
+    "SagaRow",
+    "SagaEndedError",
+    "OnTimeout",
+    "InboxItem",
+    "DueSaga",
+    "Continue",
+    "CancelRequested",
     "Action",
     "Clock",
     "Command",

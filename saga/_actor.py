@@ -1,16 +1,25 @@
 """`SagaActor`: drives one saga instance through the state machine.
 
-On every message it computes the transition, waits until the new snapshot
-is durable, and only then carries out the commands: a step or compensation
-runs as a child task whose outcome comes back as a message; a wake-up is a
-child task that sleeps until its due time. A restart (by the supervisor)
-builds a fresh actor that reloads the last snapshot and applies `Recovered`.
+For each event it computes the transition, waits until the new snapshot is
+durable, and only then carries out the commands. Steps run inline: their
+outcome is the next event, with no message round trip. Signals and
+cancellations arrive durably in the saga's inbox; the runtime nudges the
+actor (`Nudges`), which applies them in order, each in the same
+transaction that removes it from the inbox. A cancellation also interrupts
+a running forward step; compensations are never interrupted.
+
+When the saga has nothing to do but wait, the actor either stays (the wait
+is short: a retry backoff) with a wake-up in the runtime's timer service,
+or stops (it passivates): the store's wake-up index and the inbox bring it
+back. A restart builds a fresh actor that reloads the last snapshot and
+applies `Recovered`.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -22,23 +31,25 @@ import msgspec
 from actors import Actor
 
 from ._clock import Clock
-from ._commands import Command, Finish, RunCompensation, RunStep, ScheduleWakeup
+from ._commands import Command, Finish, RunCompensation, RunStep
 from ._context import StepContext
-from ._definition import Saga, Step
-from ._errors import CorruptSagaError, NonRetryableError, PayloadError
+from ._definition import Saga
+from ._errors import CorruptSagaError
 from ._events import (
-    CompensationFailed,
-    CompensationSucceeded,
+    CancelRequested,
     Event,
     Recovered,
+    Resumed,
+    SignalReceived,
     StepFailed,
-    StepSucceeded,
+    StepWaiting,
     TimerFired,
 )
 from ._machine import Transition, transition
-from ._model import NULL, ErrorInfo, FailureKind, SagaState, StepStatus
-from ._payload import decode_payload, encode_payload
-from ._store import Store
+from ._model import FailureKind, SagaState, SagaStatus, StepStatus
+from ._payload import decode_payload
+from ._step_runner import attempt_compensation, attempt_step, error_info, wait_deadline
+from ._store import InboxItem, Store
 
 logger = logging.getLogger("saga")
 
@@ -53,11 +64,41 @@ class SagaActorDeps:
     max_recoveries: int
     on_stopped: Callable[[str, SagaState | None], Awaitable[None]]
     """Called when the actor stops driving a saga: with its final state, or None."""
+    schedule_wakeup: Callable[[str, float], None]
+    """Ask the runtime's timer service to wake this (live) actor at a time."""
+    note_passivated: Callable[[float], None]
+    """Tell the timer service a passivated saga needs waking at a time."""
+    keep_warm: float = 1.0
+    """Waits shorter than this keep the actor in memory; longer ones passivate it."""
+
+
+class Nudges:
+    """Shared by the runtime and one saga's actor: work that arrived out of band."""
+
+    __slots__ = ("cancel", "inbox", "step_scope")
+
+    def __init__(self) -> None:
+        self.inbox = False
+        self.cancel = False
+        self.step_scope: anyio.CancelScope | None = None
+
+    def notify(self, *, cancel: bool = False) -> None:
+        """New inbox items are durable; a cancellation also interrupts the running step."""
+        self.inbox = True
+        if cancel:
+            self.cancel = True
+            if self.step_scope is not None:
+                self.step_scope.cancel()
 
 
 @dataclass(frozen=True, slots=True)
-class _WakeUp:
-    token: object
+class WakeUp:
+    """A wake-up the saga asked for is due."""
+
+
+@dataclass(frozen=True, slots=True)
+class Nudge:
+    """New work is in `Nudges`: look at it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,38 +106,43 @@ class GetState:
     """Ask a saga actor for its current (durable) snapshot."""
 
 
-SagaMessage = _WakeUp | GetState
+SagaMessage = WakeUp | Nudge | GetState
 
 
 @dataclass(frozen=True, slots=True)
 class FreshStart:
-    """A just-spawned saga: its first transition is durable, its input already encoded."""
+    """A saga whose latest transition is durable and in hand (spawned or resumed)."""
 
     transition: Transition
     input: bytes
-
-
-def error_info(error: BaseException, *, timed_out: bool = False) -> ErrorInfo:
-    cls = type(error)
-    return ErrorInfo(
-        type=f"{cls.__module__}.{cls.__qualname__}", message=str(error), timed_out=timed_out
-    )
+    resumed: bool = False
+    """Resumed by an operator: its in-flight step may have run; its inbox may hold items."""
 
 
 class SagaActor(Actor[SagaMessage]):
     """The actor that drives one saga instance; built by the runtime, never by users."""
 
     def __init__(
-        self, saga: Saga, saga_id: str, deps: SagaActorDeps, fresh: FreshStart | None
+        self,
+        saga: Saga,
+        saga_id: str,
+        deps: SagaActorDeps,
+        fresh: FreshStart | None,
+        nudges: Nudges,
+        *,
+        wake: bool = False,
     ) -> None:
         self._saga = saga
         self._saga_id = saga_id
         self._deps = deps
         self._fresh = fresh
+        self._nudges = nudges
+        self._wake = wake
         self._state: SagaState | None = None
         self._input: Any = None
-        self._token: object = None
         self._results: dict[int, Any] = {}
+        self._not_started: int | None = None
+        self._check_inbox = False
 
     @property
     def state(self) -> SagaState:
@@ -108,28 +154,35 @@ class SagaActor(Actor[SagaMessage]):
         if fresh is not None:
             self._state = fresh.transition.state
             self._input = self._decode_input(fresh.input)
-            await self._drive(await self._carry_out(fresh.transition.commands))
-            return
-        try:
-            stored = await self._deps.store.load(self._saga_id)
-        except CorruptSagaError as exc:
-            # Park it for an operator; retrying cannot fix the bytes.
-            await self._deps.store.quarantine(self._saga_id, str(exc))
-            self.stop()
-            await self._deps.on_stopped(self._saga_id, None)
-            return
-        self._state = stored.state
-        self._input = self._decode_input(stored.input)
-        await self._drive(
-            Recovered(at=self._deps.clock.now(), max_recoveries=self._deps.max_recoveries)
-        )
+            self._check_inbox = fresh.resumed
+            first = await self._carry_out(fresh.transition.commands, not fresh.resumed)
+            await self._drive(first)
+        else:
+            try:
+                stored = await self._deps.store.load(self._saga_id)
+            except CorruptSagaError as exc:
+                # Park it for an operator; retrying cannot fix the bytes.
+                await self._deps.store.quarantine(self._saga_id, str(exc))
+                self.stop()
+                await self._deps.on_stopped(self._saga_id, None)
+                return
+            self._state = stored.state
+            self._input = self._decode_input(stored.input)
+            self._check_inbox = True  # whatever arrived while it was away
+            now = self._deps.clock.now()
+            await self._drive(Recovered(at=now, max_recoveries=self._deps.max_recoveries))
+            if self._wake and not self._stop_requested:
+                await self._drive(TimerFired(at=self._deps.clock.now()))
+        await self._settle()
 
     async def receive(self, message: SagaMessage) -> object:
         match message:
-            case _WakeUp(token):
-                if token is self._token:
-                    self._token = None
-                    await self._drive(TimerFired(at=self._deps.clock.now()))
+            case WakeUp():
+                await self._drive(TimerFired(at=self._deps.clock.now()))
+                await self._settle()
+            case Nudge():
+                await self._drive(None)
+                await self._settle()
             case GetState():
                 return self._state
         return None
@@ -137,35 +190,96 @@ class SagaActor(Actor[SagaMessage]):
     def _decode_input(self, data: bytes) -> Any:
         return decode_payload(data, self._saga.input_type, f"input of saga {self._saga_id!r}")
 
-    async def _drive(self, event: Event | None) -> None:
-        """Apply events until the saga waits or ends.
+    async def _drive(self, first: Event | None) -> None:
+        """Apply events (and then the inbox) until the saga waits or ends.
 
-        Each new snapshot is durable before its commands run. Steps run
-        inline: their outcome is the next event, with no message round trip.
+        Each new snapshot is durable before its commands run.
         """
-        while event is not None:
+        queue: deque[tuple[Event, int | None]] = deque()
+        if first is not None:
+            queue.append((first, None))
+        while True:
+            if not queue:
+                if self.state.status is SagaStatus.SUSPENDED:
+                    return
+                if not (self._nudges.inbox or self._check_inbox):
+                    return
+                self._nudges.inbox = self._check_inbox = False
+                for item in await self._deps.store.inbox(self._saga_id):
+                    queue.append((self._inbox_event(item), item.id))
+                if not queue:
+                    return
+            event, consumed = queue.popleft()
             old = self.state
             new, commands = transition(self._saga, old, event)
             if new is not old:
-                await self._deps.store.save(new, event)
+                await self._deps.store.save(new, event, consumed=consumed)
                 self._state = new
-            event = await self._carry_out(commands)
+            fresh_intent = not isinstance(event, Recovered | Resumed)
+            outcome = await self._carry_out(commands, fresh_intent)
+            if outcome is not None:
+                queue.appendleft((outcome, None))
 
-    async def _carry_out(self, commands: Sequence[Command]) -> Event | None:
+    def _inbox_event(self, item: InboxItem) -> Event:
+        now = self._deps.clock.now()
+        if item.kind == "cancel":
+            self._nudges.cancel = False
+            not_started, self._not_started = self._not_started, None
+            return CancelRequested(at=now, reason=item.name, not_started=not_started)
+        payload = msgspec.Raw(item.payload)
+        return SignalReceived(at=now, name=item.name, payload=payload, key=item.key)
+
+    async def _carry_out(self, commands: Sequence[Command], fresh_intent: bool) -> Event | None:
+        """Carry out `commands`; the outcome of a step or compensation is the next event.
+
+        `fresh_intent`: a `RunStep` among them was decided just now, so its
+        action has certainly not run yet (after a recovery it may have).
+        """
         outcome: Event | None = None
         for command in commands:
             match command:
                 case RunStep(step, attempt):
+                    if self._nudges.cancel:
+                        # A cancellation is durable: do not start the forward step; the
+                        # cancellation takes its intent back when it is applied.
+                        self._not_started = step if fresh_intent else None
+                        self._check_inbox = True
+                        continue
                     outcome = await self._run_step(step, attempt)
                 case RunCompensation(step, attempt):
                     outcome = await self._run_compensation(step, attempt)
-                case ScheduleWakeup(at):
-                    self._token = token = object()
-                    self.start_soon(self._sleep_until, at, token)
                 case Finish():
                     self.stop()
                     await self._deps.on_stopped(self._saga_id, self.state)
         return outcome
+
+    async def _settle(self) -> None:
+        """Idle now: keep a short wake-up in memory, or passivate."""
+        if self._stop_requested:
+            return
+        state = self.state
+        wake_at = state.wake_at
+        if state.in_flight:
+            return  # a nudge is queued and will pick it up
+        if wake_at is not None and wake_at - self._deps.clock.now() <= self._deps.keep_warm:
+            self._deps.schedule_wakeup(self._saga_id, wake_at)
+            return
+        if wake_at is not None:
+            self._deps.note_passivated(wake_at)
+        self.stop()
+        await self._deps.on_stopped(self._saga_id, None)
+
+    def _context(self, index: int, attempt: int, *, compensating: bool) -> StepContext:
+        name = self._saga.steps[index].name
+        key = f"{self._saga_id}:{name}:compensate" if compensating else f"{self._saga_id}:{name}"
+        return StepContext(
+            saga_id=self._saga_id,
+            step=name,
+            attempt=attempt,
+            idempotency_key=key,
+            results=self._results_view(),
+            compensating=compensating,
+        )
 
     def _results_view(self) -> Mapping[str, Any]:
         results = {}
@@ -183,110 +297,38 @@ class SagaActor(Actor[SagaMessage]):
             )
         return self._results[index]
 
-    def _classify(self, step: Step, error: Exception, compensating: bool) -> FailureKind:
-        policy = step.compensation_retry if compensating else step.retry
-        if isinstance(error, (NonRetryableError, *policy.non_retryable_error_types)):
-            return FailureKind.DEFINITIVE
-        return FailureKind.TRANSIENT
-
-    async def _run_step(self, index: int, attempt: int) -> Event:
+    async def _run_step(self, index: int, attempt: int) -> Event | None:
+        """One attempt of a forward step; None when a cancellation interrupted it."""
         step = self._saga.steps[index]
-        ctx = StepContext(
-            saga_id=self._saga_id,
-            step=step.name,
-            attempt=attempt,
-            idempotency_key=f"{self._saga_id}:{step.name}",
-            results=self._results_view(),
-        )
-        event: Event
-        try:
-            value = await _call(step.timeout, step.action, ctx, self._input)
-        except _StepTimeout as exc:
-            event = self._failed(
-                index, attempt, error_info(exc, timed_out=True), FailureKind.TRANSIENT
-            )
-        except Exception as exc:
-            kind = self._classify(step, exc, compensating=False)
-            event = self._failed(index, attempt, error_info(exc), kind)
-        else:
+        ctx = self._context(index, attempt, compensating=False)
+        clock = self._deps.clock
+        if step.wait is not None:
             try:
-                result = encode_payload(value, f"result of step {step.name!r}")
-            except PayloadError as exc:
-                # It returned, so it took effect: ambiguous, compensated with None.
-                event = self._failed(index, attempt, error_info(exc), FailureKind.AMBIGUOUS)
-            else:
-                event = StepSucceeded(
-                    at=self._deps.clock.now(), step=index, attempt=attempt, result=_raw(result)
+                until = wait_deadline(step.wait, ctx, self._input, clock.now())
+            except Exception as exc:
+                return StepFailed(
+                    at=clock.now(),
+                    step=index,
+                    attempt=attempt,
+                    error=error_info(exc),
+                    kind=FailureKind.TRANSIENT,
+                    jitter=self._deps.rng.random(),
                 )
-        return event
-
-    def _failed(self, index: int, attempt: int, error: ErrorInfo, kind: FailureKind) -> StepFailed:
-        return StepFailed(
-            at=self._deps.clock.now(),
-            step=index,
-            attempt=attempt,
-            error=error,
-            kind=kind,
-            jitter=self._deps.rng.random(),
-        )
+            return StepWaiting(at=clock.now(), step=index, attempt=attempt, until=until)
+        with anyio.CancelScope() as scope:
+            self._nudges.step_scope = scope
+            if self._nudges.cancel:
+                scope.cancel()
+            outcome = await attempt_step(step, index, ctx, self._input, clock.now, self._deps.rng)
+        self._nudges.step_scope = None
+        return None if scope.cancelled_caught else outcome
 
     async def _run_compensation(self, index: int, attempt: int) -> Event:
         step = self._saga.steps[index]
-        assert step.compensate is not None
-        step_state = self.state.steps[index]
-        recorded = self._result(index) if step_state.status is StepStatus.SUCCEEDED else None
-        ctx = StepContext(
-            saga_id=self._saga_id,
-            step=step.name,
-            attempt=attempt,
-            idempotency_key=f"{self._saga_id}:{step.name}:compensate",
-            results=self._results_view(),
-            compensating=True,
+        recorded = (
+            self._result(index) if self.state.steps[index].status is StepStatus.SUCCEEDED else None
         )
-        event: Event
-        try:
-            await _call(step.compensation_timeout, step.compensate, ctx, self._input, recorded)
-        except _StepTimeout as exc:
-            event = self._compensation_failed(
-                index, attempt, error_info(exc, timed_out=True), FailureKind.TRANSIENT
-            )
-        except Exception as exc:
-            kind = self._classify(step, exc, compensating=True)
-            event = self._compensation_failed(index, attempt, error_info(exc), kind)
-        else:
-            event = CompensationSucceeded(at=self._deps.clock.now(), step=index, attempt=attempt)
-        return event
-
-    def _compensation_failed(
-        self, index: int, attempt: int, error: ErrorInfo, kind: FailureKind
-    ) -> CompensationFailed:
-        return CompensationFailed(
-            at=self._deps.clock.now(),
-            step=index,
-            attempt=attempt,
-            error=error,
-            kind=kind,
-            jitter=self._deps.rng.random(),
+        ctx = self._context(index, attempt, compensating=True)
+        return await attempt_compensation(
+            step, index, ctx, self._input, recorded, self._deps.clock.now, self._deps.rng
         )
-
-    async def _sleep_until(self, deadline: float, token: object) -> None:
-        await self._deps.clock.sleep_until(deadline)
-        await self.ref.tell(_WakeUp(token))
-
-
-class _StepTimeout(Exception):
-    def __init__(self, seconds: float | None) -> None:
-        super().__init__(f"attempt timed out after {seconds} s")
-
-
-async def _call(seconds: float | None, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    """Await `func(*args)`, raising `_StepTimeout` after `seconds` (None: no limit)."""
-    if seconds is None:
-        return await func(*args)
-    with anyio.move_on_after(seconds):
-        return await func(*args)
-    raise _StepTimeout(seconds)
-
-
-def _raw(data: bytes) -> msgspec.Raw:
-    return msgspec.Raw(data) if data != b"null" else NULL

@@ -56,3 +56,12 @@ class CorruptSagaError(StoreError):
     def __init__(self, saga_id: str, detail: str) -> None:
         super().__init__(f"saga {saga_id!r} has a corrupt snapshot: {detail}")
         self.saga_id = saga_id
+
+
+class SagaEndedError(SagaError):
+    """Raised by `Runtime.signal`, `Runtime.cancel` and `Store.deliver` for an ended saga."""
+
+    def __init__(self, saga_id: str, status: str) -> None:
+        super().__init__(f"saga {saga_id!r} has ended ({status}); it takes no more signals")
+        self.saga_id = saga_id
+        self.status = status

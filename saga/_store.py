@@ -36,6 +36,42 @@ class HistoryEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class InboxItem:
+    """A signal or a cancellation, durable in a saga's inbox until its actor applies it."""
+
+    id: int
+    saga_id: str
+    kind: str
+    """"signal" or "cancel"."""
+    name: str
+    """The signal's name, or the cancellation's reason."""
+    payload: bytes = b"null"
+    key: str | None = None
+    at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SagaRow:
+    """One saga as `Store.list_sagas` lists it."""
+
+    saga_id: str
+    saga_name: str
+    status: str
+    waiting_for: str | None
+    wake_at: float | None
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DueSaga:
+    """A saga whose wake-up time has come, from `Store.due`."""
+
+    saga_id: str
+    saga_name: str
+    wake_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class UnfinishedSaga:
     """A saga a runtime should drive, as listed by `Store.unfinished`."""
 
@@ -54,12 +90,53 @@ class Store(Protocol):
         """
         ...
 
-    async def save(self, state: SagaState, event: Event) -> None:
+    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
         """Persist snapshot `state` and append `event`, atomically; return once durable.
 
+        `consumed` is the id of the inbox item `event` came from: it is
+        removed in the same transaction, so it is applied exactly once.
         Raises `StaleStateError` unless the stored snapshot is `state.seq - 1`
         (and, for shared stores, the caller still holds the saga's epoch).
         """
+        ...
+
+    async def deliver(self, item: InboxItem) -> bool:
+        """Append `item` (its `id` is ignored) to the saga's inbox; return once durable.
+
+        Returns False when an item of the same kind and `key` is already
+        there (a duplicate). Raises `SagaNotFound`, or `SagaEndedError` if
+        the saga has ended.
+        """
+        ...
+
+    async def inbox(self, saga_id: str) -> Sequence[InboxItem]:
+        """The saga's undelivered inbox items, oldest first."""
+        ...
+
+    async def runnable(self) -> Sequence[UnfinishedSaga]:
+        """Live sagas with a step or compensation in flight: to resume at once on start."""
+        ...
+
+    async def due(
+        self, now: float, *, after: tuple[float, str] | None = None, limit: int = 500
+    ) -> Sequence[DueSaga]:
+        """Live sagas whose wake-up time is at or before `now`, by wake-up time, paged."""
+        ...
+
+    async def next_wake_at(self, after: float | None = None) -> float | None:
+        """The earliest wake-up time of a live saga (strictly after `after`, if given)."""
+        ...
+
+    async def list_sagas(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: str | None = None,
+        waiting_for: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Sequence[SagaRow]:
+        """Sagas matching the filters, by id, starting after the id `after`."""
         ...
 
     async def load(self, saga_id: str) -> StoredSaga:

@@ -7,19 +7,23 @@ from collections.abc import Sequence
 from ._commands import Finish, RunCompensation, RunStep, ScheduleWakeup
 from ._definition import Saga
 from ._events import (
+    CancelRequested,
     CompensationFailed,
     CompensationSucceeded,
     Event,
     Recovered,
     Resumed,
     SagaStarted,
+    SignalReceived,
     StepFailed,
     StepSucceeded,
+    StepWaiting,
     Suspended,
     TimerFired,
 )
 from ._machine import initial_state, transition
-from ._model import FailureKind, StepStatus
+from ._model import FailureKind, SagaState, StepStatus
+from ._waits import SignalSpec
 
 
 def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
@@ -52,6 +56,12 @@ def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
                 say(event.at, f"suspended: {event.reason}")
             case Resumed():
                 say(event.at, "resumed by an operator")
+            case StepWaiting():
+                pass  # described below, once the outcome is known
+            case SignalReceived():
+                say(event.at, f"signal {event.name!r} received")
+            case CancelRequested():
+                say(event.at, f"cancellation requested: {event.reason}")
             case TimerFired():
                 pass
         before = state
@@ -65,6 +75,8 @@ def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
                     "retries exhausted" if event.kind is FailureKind.TRANSIENT else "not retryable"
                 )
                 say(event.at, f"{name} gave up ({why}); it may have taken effect")
+        if isinstance(event, StepWaiting):
+            lines.extend(_describe_wait(saga, state, event, origin))
         for command in commands:
             match command:
                 case RunStep(index, attempt):
@@ -74,11 +86,27 @@ def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
                 case RunCompensation(index, attempt):
                     label = saga.steps[index].name
                     say(event.at, f"compensation of {label} attempt {attempt} started")
-                case ScheduleWakeup(at) if state is not before:
+                case ScheduleWakeup(at) if state is not before and not isinstance(
+                    event, StepWaiting
+                ):
                     say(event.at, f"retry due in {at - event.at:.3f}s")
                 case Finish(status):
                     say(event.at, f"saga {status}")
     return lines
+
+
+def _describe_wait(saga: Saga, state: SagaState, event: StepWaiting, origin: float) -> list[str]:
+    step = state.steps[event.step]
+    spec = saga.steps[event.step].wait
+    name = saga.steps[event.step].name
+    stamp = f"+{event.at - origin:8.3f}s  "
+    if step.status is not StepStatus.WAITING:
+        return [stamp + f"step {name}: its signal had already arrived"]
+    if isinstance(spec, SignalSpec):
+        limit = "" if event.until is None else f" (at most {event.until - event.at:.3f}s)"
+        return [stamp + f"step {name} waiting for signal {spec.signal!r}{limit}"]
+    assert event.until is not None
+    return [stamp + f"step {name} sleeping {event.until - event.at:.3f}s"]
 
 
 def _step_name(saga: Saga, event: Event) -> str:

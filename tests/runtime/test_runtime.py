@@ -14,8 +14,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import anyio
 import msgspec
@@ -24,6 +23,7 @@ import pytest
 from actors import RestartWithBackoff
 from runtime import (
     CorruptSagaError,
+    DelegatingStore,
     DuplicateSagaError,
     PayloadError,
     Runtime,
@@ -60,9 +60,7 @@ from saga import (
     StepFailed,
     StepStatus,
     StepSucceeded,
-    StoredSaga,
     Suspended,
-    UnfinishedSaga,
 )
 
 FAST = RetryPolicy(initial_interval=0.001, maximum_interval=0.01, maximum_attempts=3)
@@ -189,7 +187,7 @@ def db(tmp_path: Path) -> Path:
 # -- a real store behind a delegate -------------------------------------------------
 
 
-class ProbeStore:
+class ProbeStore(DelegatingStore):
     """A real `SqliteStore` behind a delegate that records what became durable.
 
     `fail_next` fails that many of the next saves; `broken` fails every save
@@ -198,7 +196,7 @@ class ProbeStore:
     """
 
     def __init__(self, path: Path) -> None:
-        self.inner = SqliteStore(path)
+        super().__init__(SqliteStore(path))
         self.fail_next = 0
         self.broken = False
         self.failures = 0
@@ -206,38 +204,14 @@ class ProbeStore:
         self.quarantined: list[str] = []
         self._changed = anyio.Event()
 
-    async def __aenter__(self) -> Self:
-        await self.inner.__aenter__()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.inner.__aexit__(exc_type, exc, tb)
-
-    async def create(self, saga: StoredSaga, event: Event) -> StoredSaga | None:
-        return await self.inner.create(saga, event)
-
-    async def save(self, state: SagaState, event: Event) -> None:
+    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
         if self.fail_next or (self.broken and not isinstance(event, Suspended)):
             self.fail_next = max(0, self.fail_next - 1)
             self.failures += 1
             raise StoreError("disk on fire")
-        await self.inner.save(state, event)
+        await self.inner.save(state, event, consumed=consumed)
         self.saved.append((state, event))
         self._notify()
-
-    async def load(self, saga_id: str) -> StoredSaga:
-        return await self.inner.load(saga_id)
-
-    async def history(self, saga_id: str) -> list[HistoryEntry]:
-        return list(await self.inner.history(saga_id))
-
-    async def unfinished(self) -> list[UnfinishedSaga]:
-        return list(await self.inner.unfinished())
 
     async def quarantine(self, saga_id: str, reason: str) -> None:
         await self.inner.quarantine(saga_id, reason)

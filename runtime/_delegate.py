@@ -1,0 +1,93 @@
+"""`DelegatingStore`: a `Store` that forwards every call to another one.
+
+Subclass it to observe or disturb a real store (fault injection, probes)
+by overriding only the methods that matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from types import TracebackType
+from typing import Self
+
+from saga import (
+    DueSaga,
+    Event,
+    HistoryEntry,
+    InboxItem,
+    SagaRow,
+    SagaState,
+    Store,
+    StoredSaga,
+    UnfinishedSaga,
+)
+
+
+class DelegatingStore:
+    """Forwards the `Store` protocol (and `async with`) to `inner`."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+
+    async def __aenter__(self) -> Self:
+        if isinstance(self.inner, AbstractAsyncContextManager):
+            await self.inner.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(self.inner, AbstractAsyncContextManager):
+            await self.inner.__aexit__(exc_type, exc, tb)
+
+    async def create(self, saga: StoredSaga, event: Event) -> StoredSaga | None:
+        return await self.inner.create(saga, event)
+
+    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
+        await self.inner.save(state, event, consumed=consumed)
+
+    async def deliver(self, item: InboxItem) -> bool:
+        return await self.inner.deliver(item)
+
+    async def load(self, saga_id: str) -> StoredSaga:
+        return await self.inner.load(saga_id)
+
+    async def history(self, saga_id: str) -> Sequence[HistoryEntry]:
+        return await self.inner.history(saga_id)
+
+    async def inbox(self, saga_id: str) -> Sequence[InboxItem]:
+        return await self.inner.inbox(saga_id)
+
+    async def unfinished(self) -> Sequence[UnfinishedSaga]:
+        return await self.inner.unfinished()
+
+    async def runnable(self) -> Sequence[UnfinishedSaga]:
+        return await self.inner.runnable()
+
+    async def due(
+        self, now: float, *, after: tuple[float, str] | None = None, limit: int = 500
+    ) -> Sequence[DueSaga]:
+        return await self.inner.due(now, after=after, limit=limit)
+
+    async def next_wake_at(self, after: float | None = None) -> float | None:
+        return await self.inner.next_wake_at(after)
+
+    async def list_sagas(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: str | None = None,
+        waiting_for: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Sequence[SagaRow]:
+        return await self.inner.list_sagas(
+            saga_name=saga_name, status=status, waiting_for=waiting_for, after=after, limit=limit
+        )
+
+    async def quarantine(self, saga_id: str, reason: str) -> None:
+        await self.inner.quarantine(saga_id, reason)

@@ -1,0 +1,81 @@
+"""`TimerService`: one task per runtime that wakes sagas when their time comes.
+
+Two sources: short wake-ups of sagas whose actor stayed in memory (a heap),
+and the store's wake-up index for passivated sagas (never loaded until
+due). It sleeps until the earliest of the two, on the runtime's clock.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+from saga import Clock, DueSaga, Store
+
+WakeHandler = Callable[[str, str | None], Awaitable[None]]
+"""`wake(saga_id, saga_name_or_none)`: the saga's time has come."""
+
+_SWEEP_PAGE = 500
+
+
+class TimerService:
+    def __init__(self, clock: Clock, store: Store, wake: WakeHandler) -> None:
+        self._clock = clock
+        self._store = store
+        self._wake = wake
+        self._heap: list[tuple[float, int, str]] = []
+        self._order = itertools.count()
+        self._store_next = -math.inf  # sweep the store at once on start
+        self._target = math.inf
+        self._sleep: anyio.CancelScope | None = None
+        self.sweeps = 0
+
+    def schedule(self, saga_id: str, at: float) -> None:
+        """Wake the live actor of `saga_id` at `at`."""
+        heapq.heappush(self._heap, (at, next(self._order), saga_id))
+        self._reconsider(at)
+
+    def note_store_wake(self, at: float) -> None:
+        """A passivated saga needs waking at `at`: look in the store by then."""
+        if at < self._store_next:
+            self._store_next = at
+        self._reconsider(at)
+
+    def _reconsider(self, at: float) -> None:
+        if at < self._target and self._sleep is not None:
+            self._sleep.cancel()
+
+    async def run(self) -> None:
+        while True:
+            now = self._clock.now()
+            while self._heap and self._heap[0][0] <= now:
+                _, _, saga_id = heapq.heappop(self._heap)
+                await self._wake(saga_id, None)
+            if self._store_next <= now:
+                await self._sweep(now)
+                after = await self._store.next_wake_at(now)
+                self._store_next = math.inf if after is None else after
+            self._target = min(self._heap[0][0] if self._heap else math.inf, self._store_next)
+            with anyio.CancelScope() as scope:
+                self._sleep = scope
+                if self._target == math.inf:
+                    await anyio.sleep_forever()
+                else:
+                    await self._clock.sleep_until(self._target)
+            self._sleep = None
+
+    async def _sweep(self, now: float) -> None:
+        """Wake every passivated saga due by `now`, page by page."""
+        self.sweeps += 1
+        after: tuple[float, str] | None = None
+        while True:
+            page: list[DueSaga] = list(await self._store.due(now, after=after, limit=_SWEEP_PAGE))
+            for due in page:
+                await self._wake(due.saga_id, due.saga_name)
+            if len(page) < _SWEEP_PAGE:
+                return
+            after = (page[-1].wake_at, page[-1].saga_id)
