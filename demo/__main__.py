@@ -1,9 +1,11 @@
-"""`python -m demo`: four checkouts side by side, each with its timeline.
+"""`python -m demo`: the checkout saga and a refund that waits for a manager.
 
 1. a success; 2. a transient payment failure that is retried; 3. an
 out-of-stock failure that compensates in reverse order; 4. a crash: a child
 process is SIGKILLed inside a step and this process resumes the saga from
-the database to its end.
+the database to its end; 5. three large refunds waiting for a manager's
+approval (approved, rejected, never answered: three days pass on a
+virtual clock).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from pathlib import Path
 
 import anyio
 
-from runtime import Runtime, SagaCompensated, SagaError, SagaHandle
+from runtime import Runtime, SagaCompensated, SagaError, SagaHandle, SagaStatus, VirtualClock
 
 from .checkout import FakeServices, build_checkout, order
 from .crash_child import CRASH_POINT
+from .refund import THREE_DAYS, Approval, Refund, RefundDesk, build_refund
 
 
 def banner(title: str) -> None:
@@ -86,6 +89,44 @@ async def resume_after_crash(database: Path) -> None:
     print("side effects in this process:", "; ".join(services.log))
 
 
+async def wait_for_status(rt: Runtime, saga_id: str, status: SagaStatus) -> None:
+    with anyio.fail_after(10):
+        # The demo polls the store; an application would wait on handle.result().
+        while (await rt.status(saga_id)).status is not status:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+
+async def refunds_waiting_for_approval(database: Path) -> None:
+    banner("5. large refunds wait for a manager (3 days on a virtual clock)")
+    desk = RefundDesk()
+    refund = build_refund(desk)
+    clock = VirtualClock()
+    async with Runtime(database, sagas=[refund], clock=clock) as rt:
+        handles = []
+        for refund_id in ("rf-1", "rf-2", "rf-3"):
+            request = Refund(refund_id=refund_id, order_id="order-1001", amount_cents=25_000)
+            handles.append(await rt.spawn(refund, request, saga_id=refund_id))
+        for handle in handles:
+            await wait_for_status(rt, handle.saga_id, SagaStatus.WAITING)
+        page = await rt.list(status=SagaStatus.WAITING, waiting_for="manager_approval")
+        print(
+            f"waiting for approval: {[s.saga_id for s in page.items]}; "
+            f"actors in memory: {rt.live_actors}"
+        )
+        await rt.signal("rf-1", "manager_approval", Approval(approved=True, manager="ann"))
+        await rt.signal("rf-2", "manager_approval", Approval(approved=False, manager="bob"))
+        await wait_for_status(rt, "rf-1", SagaStatus.COMPLETED)
+        await wait_for_status(rt, "rf-2", SagaStatus.COMPENSATED)
+        print("three days pass...")
+        clock.advance(THREE_DAYS)
+        for handle in handles:
+            print(f"\n{handle.saga_id}:")
+            await show(rt, handle)
+    print("\nrefund desk, in order:")
+    for line in desk.log:
+        print(f"  {line}")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sagaloop-demo-") as folder:
         database = Path(folder) / "checkout.db"
@@ -93,6 +134,7 @@ def main() -> None:
         anyio.run(in_process_scenarios, database)
         crash_child(database)
         anyio.run(resume_after_crash, database)
+        anyio.run(refunds_waiting_for_approval, Path(folder) / "refunds.db")
 
 
 if __name__ == "__main__":

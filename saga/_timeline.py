@@ -77,6 +77,15 @@ def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
                 say(event.at, f"{name} gave up ({why}); it may have taken effect")
         if isinstance(event, StepWaiting):
             lines.extend(_describe_wait(saga, state, event, origin))
+        if isinstance(event, TimerFired):
+            for index, (old, new) in enumerate(zip(before.steps, state.steps, strict=True)):
+                if old.status is StepStatus.WAITING and new.status is not StepStatus.WAITING:
+                    label = saga.steps[index].name
+                    verdict = "timed out" if new.status is StepStatus.FAILED else "stopped waiting"
+                    say(event.at, f"step {label} {verdict}")
+            if before.failure is None and state.failure is not None:
+                if state.failure.type == "saga.DeadlineExceeded":
+                    say(event.at, "the saga's deadline passed")
         for command in commands:
             match command:
                 case RunStep(index, attempt):
