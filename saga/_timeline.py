@@ -83,9 +83,9 @@ def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
                     label = saga.steps[index].name
                     verdict = "timed out" if new.status is StepStatus.FAILED else "stopped waiting"
                     say(event.at, f"step {label} {verdict}")
-            if before.failure is None and state.failure is not None:
-                if state.failure.type == "saga.DeadlineExceeded":
-                    say(event.at, "the saga's deadline passed")
+            failure = state.failure
+            if before.failure is None and failure and failure.type == "saga.DeadlineExceeded":
+                say(event.at, "the saga's deadline passed")
         for command in commands:
             match command:
                 case RunStep(index, attempt):
