@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, TypeVarTuple, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, TypeVarTuple, Unpack
 
 from anyio.abc import TaskGroup
 
@@ -23,8 +23,11 @@ class Actor(Generic[M]):
     An exception from any of them is a crash, handled by the supervisor.
     """
 
+    spawns_children: ClassVar[bool] = True
+    """False in a subclass that never calls `start_soon`: it then runs without a task group."""
+
     _ref: ActorRef[M]
-    _task_group: TaskGroup
+    _task_group: TaskGroup | None = None
     _stop_requested: bool = False
     _children: bool = False
 
@@ -55,5 +58,7 @@ class Actor(Generic[M]):
         The task is cancelled when the actor stops or crashes; an exception
         escaping it crashes the actor.
         """
+        if self._task_group is None:
+            raise RuntimeError(f"{type(self).__name__} declares spawns_children = False")
         self._children = True
         self._task_group.start_soon(func, *args)

@@ -74,6 +74,21 @@ class Cell(Generic[M]):
         """Run one incarnation until it stops normally; a crash propagates."""
         actor = self.factory()
         actor._ref = self.ref
+        if actor.spawns_children:
+            await self._run_with_children(actor)
+        else:
+            try:
+                with anyio.CancelScope() as scope:
+                    self._scope = scope
+                    if self.stop_requested:
+                        scope.cancel()
+                    await _serve(actor, self.mailbox)
+            finally:
+                self._scope = None
+        self.stop_requested = True
+        await actor.on_stop()
+
+    async def _run_with_children(self, actor: Actor[M]) -> None:
         crash: Exception | None = None
         try:
             async with anyio.create_task_group() as task_group:
@@ -81,9 +96,7 @@ class Cell(Generic[M]):
                 if self.stop_requested:
                     task_group.cancel_scope.cancel()
                 actor._task_group = task_group
-                await actor.on_start()
-                while not actor._stop_requested:
-                    await _deliver(actor, await self.mailbox.get())
+                await _serve(actor, self.mailbox)
                 if actor._children:
                     task_group.cancel_scope.cancel()
         except ExceptionGroup as group:
@@ -96,14 +109,18 @@ class Cell(Generic[M]):
             # One failure is the usual case: report it, not its wrapper. Raised
             # outside the handler so it keeps its own __cause__ and __context__.
             raise crash
-        self.stop_requested = True
-        await actor.on_stop()
 
     def finish(self) -> None:
         self.mailbox.close()
         self.is_stopped = True
         if self._stopped is not None:
             self._stopped.set()
+
+
+async def _serve(actor: Actor[M], mailbox: Mailbox[M]) -> None:
+    await actor.on_start()
+    while not actor._stop_requested:
+        await _deliver(actor, await mailbox.get())
 
 
 async def _deliver(actor: Actor[M], envelope: Envelope[M]) -> None:

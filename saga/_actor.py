@@ -122,6 +122,8 @@ class FreshStart:
 class SagaActor(Actor[SagaMessage]):
     """The actor that drives one saga instance; built by the runtime, never by users."""
 
+    spawns_children = False  # steps run inline; timers live in the runtime's timer service
+
     def __init__(
         self,
         saga: Saga,
