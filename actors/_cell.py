@@ -25,6 +25,7 @@ class Cell(Generic[M]):
         "_stop_signal",
         "_stopped",
         "factory",
+        "interrupt_requested",
         "is_stopped",
         "mailbox",
         "name",
@@ -39,6 +40,7 @@ class Cell(Generic[M]):
         self.mailbox: Mailbox[M] = Mailbox(name, capacity)
         self.ref: ActorRef[M] = ActorRef(self)
         self.stop_requested = False
+        self.interrupt_requested = False
         self.is_stopped = False
         self.restarts = 0
         self._scope: anyio.CancelScope | None = None
@@ -70,10 +72,19 @@ class Cell(Generic[M]):
         with anyio.move_on_after(delay):
             await self._stop_signal.wait()
 
-    async def run_incarnation(self) -> None:
-        """Run one incarnation until it stops normally; a crash propagates."""
+    def interrupt(self) -> None:
+        self.interrupt_requested = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def run_incarnation(self) -> bool:
+        """Run one incarnation until it stops; True if it was interrupted (run it again).
+
+        A crash propagates.
+        """
         actor = self.factory()
         actor._ref = self.ref
+        self.interrupt_requested = False
         if actor.spawns_children:
             await self._run_with_children(actor)
         else:
@@ -85,8 +96,11 @@ class Cell(Generic[M]):
                     await _serve(actor, self.mailbox)
             finally:
                 self._scope = None
+        if self.interrupt_requested and not self.stop_requested:
+            return True
         self.stop_requested = True
         await actor.on_stop()
+        return False
 
     async def _run_with_children(self, actor: Actor[M]) -> None:
         crash: Exception | None = None

@@ -67,6 +67,13 @@ class ActorRef(Generic[M]):
             return await reply.wait()
         raise AskTimeoutError(f"actor {self.name!r} did not answer within {timeout} s")
 
+    def interrupt(self) -> None:
+        """Cancel what the actor is doing now and start it again from `on_start`.
+
+        Not a crash: no backoff, nothing counted. Its mailbox is kept.
+        """
+        self._cell.interrupt()
+
     async def stop(self) -> None:
         """Stop the actor now (its current message is cancelled) and wait until it has."""
         self._cell.cancel()

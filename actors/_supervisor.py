@@ -130,7 +130,8 @@ class Supervisor:
         try:
             while not cell.stop_requested:
                 try:
-                    await cell.run_incarnation()
+                    if await cell.run_incarnation():
+                        continue  # interrupted on purpose: start again at once
                 except Exception as error:
                     if cell.stop_requested:
                         logger.error("actor %r raised while stopping: %r", cell.name, error)

@@ -146,7 +146,8 @@ class SagaHost:
         if nudges is None or ref is None:
             await self.activate(saga_id, saga_name)
             return
-        nudges.notify(cancel=cancel)
+        if nudges.notify(cancel=cancel):
+            ref.interrupt()  # the running step is cut short; the actor restarts from its snapshot
         # A nudge is already queued, or `_actor_gone` re-activates it.
         with contextlib.suppress(MailboxFullError, ActorStoppedError):
             ref.tell_nowait(Nudge())

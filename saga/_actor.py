@@ -6,7 +6,8 @@ outcome is the next event, with no message round trip. Signals and
 cancellations arrive durably in the saga's inbox; the runtime nudges the
 actor (`Nudges`), which applies them in order, each in the same
 transaction that removes it from the inbox. A cancellation also interrupts
-a running forward step; compensations are never interrupted.
+a running forward step (the actor starts again from its snapshot, so the
+step counts as interrupted: ambiguous); compensations are never interrupted.
 
 When the saga has nothing to do but wait, the actor either stays (the wait
 is short: a retry backoff) with a wake-up in the runtime's timer service,
@@ -25,7 +26,6 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import anyio
 import msgspec
 
 from actors import Actor
@@ -73,22 +73,26 @@ class SagaActorDeps:
 
 
 class Nudges:
-    """Shared by the runtime and one saga's actor: work that arrived out of band."""
+    """Shared by the runtime and one saga's actor: work that arrived out of band.
 
-    __slots__ = ("cancel", "inbox", "step_scope")
+    `in_step` is True while a forward step's action runs: a cancellation
+    then interrupts the actor (`ActorRef.interrupt`), which starts again
+    from its snapshot and applies the cancellation before anything else.
+    """
+
+    __slots__ = ("cancel", "in_step", "inbox")
 
     def __init__(self) -> None:
         self.inbox = False
         self.cancel = False
-        self.step_scope: anyio.CancelScope | None = None
+        self.in_step = False
 
-    def notify(self, *, cancel: bool = False) -> None:
-        """New inbox items are durable; a cancellation also interrupts the running step."""
+    def notify(self, *, cancel: bool = False) -> bool:
+        """New inbox items are durable; True if the actor must be interrupted."""
         self.inbox = True
         if cancel:
             self.cancel = True
-            if self.step_scope is not None:
-                self.step_scope.cancel()
+        return cancel and self.in_step
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,8 +303,8 @@ class SagaActor(Actor[SagaMessage]):
             )
         return self._results[index]
 
-    async def _run_step(self, index: int, attempt: int) -> Event | None:
-        """One attempt of a forward step; None when a cancellation interrupted it."""
+    async def _run_step(self, index: int, attempt: int) -> Event:
+        """One attempt of a forward step."""
         step = self._saga.steps[index]
         ctx = self._context(index, attempt, compensating=False)
         clock = self._deps.clock
@@ -317,13 +321,11 @@ class SagaActor(Actor[SagaMessage]):
                     jitter=self._deps.rng.random(),
                 )
             return StepWaiting(at=clock.now(), step=index, attempt=attempt, until=until)
-        with anyio.CancelScope() as scope:
-            self._nudges.step_scope = scope
-            if self._nudges.cancel:
-                scope.cancel()
-            outcome = await attempt_step(step, index, ctx, self._input, clock.now, self._deps.rng)
-        self._nudges.step_scope = None
-        return None if scope.cancelled_caught else outcome
+        self._nudges.in_step = True
+        try:
+            return await attempt_step(step, index, ctx, self._input, clock.now, self._deps.rng)
+        finally:
+            self._nudges.in_step = False
 
     async def _run_compensation(self, index: int, attempt: int) -> Event:
         step = self._saga.steps[index]

@@ -89,9 +89,11 @@ def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
         for command in commands:
             match command:
                 case RunStep(index, attempt):
-                    again = " again (interrupted attempt)" if isinstance(event, Recovered) else ""
                     label = saga.steps[index].name
-                    say(event.at, f"step {label} attempt {attempt} started{again}")
+                    if isinstance(event, Recovered):
+                        say(event.at, f"step {label} attempt {attempt} was interrupted: run again")
+                    else:
+                        say(event.at, f"step {label} attempt {attempt} started")
                 case RunCompensation(index, attempt):
                     label = saga.steps[index].name
                     say(event.at, f"compensation of {label} attempt {attempt} started")

@@ -891,7 +891,7 @@ async def test_reopening_resumes_a_saga_abandoned_mid_step(db: Path) -> None:
     assert Recovered in event_types(info)
     assert info.recoveries == 0  # progress clears the count
     assert_history_is_contiguous(info.history)
-    assert "step charge attempt 1 started again (interrupted attempt)" in texts(info)
+    assert "step charge attempt 1 was interrupted: run again" in texts(info)
 
 
 async def test_a_step_interrupted_past_max_recoveries_suspends_the_saga(db: Path) -> None:
