@@ -82,7 +82,9 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p / 100))]
 
 
-async def run_single(n: int, conc: int, fail: bool, sync: str, database: Path) -> dict[str, Any]:
+async def run_single(
+    n: int, conc: int, fail: bool, sync: str, database: Path, prefix: str = ""
+) -> dict[str, Any]:
     saga = checkout_saga(fail)
     latencies: list[float] = []
     outcomes = {"completed": 0, "compensated": 0}
@@ -92,7 +94,7 @@ async def run_single(n: int, conc: int, fail: bool, sync: str, database: Path) -
         async def worker() -> None:
             for oid in next_id:
                 began = time.perf_counter()
-                handle = await rt.spawn(saga, oid, saga_id=str(oid))
+                handle = await rt.spawn(saga, oid, saga_id=f"{prefix}{oid}")
                 try:
                     await handle.result()
                     outcomes["completed"] += 1
@@ -227,6 +229,7 @@ def main() -> None:
     parser.add_argument("--fail", action="store_true")
     parser.add_argument("--sync", default="FULL", choices=["NORMAL", "FULL", "EXTRA"])
     parser.add_argument("--db", default=None)
+    parser.add_argument("--prefix", default="", help="saga id prefix (runs sharing a database)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--anchors", default=str(SHARED_BENCH))
     parser.add_argument("--floor-python", default=None)
@@ -240,7 +243,9 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as folder:
         database = Path(args.db) if args.db else Path(folder) / "bench.db"
-        result = anyio.run(run_single, args.n, args.conc, args.fail, args.sync, database)
+        result = anyio.run(
+            run_single, args.n, args.conc, args.fail, args.sync, database, args.prefix
+        )
     print(json.dumps(result), flush=True)
 
 
