@@ -330,13 +330,17 @@ class Runtime:
             raise ValueError(f"unknown status {status!r}")
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
-        rows = await self._store.list_sagas(
-            saga_name=saga_name,
-            status=None if status is None else str(status),
-            waiting_for=waiting_for,
-            after=after,
-            limit=limit,
+        rows = list(
+            await self._store.list_sagas(
+                saga_name=saga_name,
+                status=None if status is None else str(status),
+                waiting_for=waiting_for,
+                after=after,
+                limit=limit + 1,  # one more tells whether another page follows
+            )
         )
+        more = len(rows) > limit
+        del rows[limit:]
         items = tuple(
             SagaSummary(
                 saga_id=row.saga_id,
@@ -348,7 +352,7 @@ class Runtime:
             )
             for row in rows
         )
-        return SagaPage(items, items[-1].saga_id if len(items) == limit else None)
+        return SagaPage(items, items[-1].saga_id if more else None)
 
     # -- outcomes ----------------------------------------------------------
 

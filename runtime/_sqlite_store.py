@@ -282,7 +282,9 @@ class SqliteStore:
         marks = ",".join("?" * len(_LIVE_STATUSES))
         rows = await _fetch(
             self._read_conn(),
-            f"SELECT saga_id, saga_name FROM sagas WHERE runnable = 1 AND status IN ({marks})",
+            "SELECT saga_id, saga_name FROM sagas "
+            f"WHERE status IN ({marks}) "
+            "AND (runnable = 1 OR saga_id IN (SELECT saga_id FROM inbox))",
             _LIVE_STATUSES,
         )
         return [UnfinishedSaga(saga_id, saga_name) for saga_id, saga_name in rows]

@@ -161,6 +161,8 @@ class SagaActor(Actor[SagaMessage]):
             self._state = fresh.transition.state
             self._input = self._decode_input(fresh.input)
             self._check_inbox = fresh.resumed
+            if fresh.resumed and await self._cancel_pending():
+                self._nudges.cancel = True  # the in-flight step is not run again: cancelled
             first = await self._carry_out(fresh.transition.commands, not fresh.resumed)
             await self._drive(first)
         else:
@@ -175,11 +177,21 @@ class SagaActor(Actor[SagaMessage]):
             self._state = stored.state
             self._input = self._decode_input(stored.input)
             self._check_inbox = True  # whatever arrived while it was away
-            now = self._deps.clock.now()
-            await self._drive(Recovered(at=now, max_recoveries=self._deps.max_recoveries))
+            if self._nudges.cancel or await self._cancel_pending():
+                # Interrupted for a cancellation, or one was left unapplied by a runtime
+                # that stopped: apply the inbox first, so the interrupted step is not run
+                # again and the interruption does not count as a recovery.
+                self._nudges.cancel = True
+                await self._drive(None)
+            if not self._stop_requested:
+                now = self._deps.clock.now()
+                await self._drive(Recovered(at=now, max_recoveries=self._deps.max_recoveries))
             if self._wake and not self._stop_requested:
                 await self._drive(TimerFired(at=self._deps.clock.now()))
         await self._settle()
+
+    async def _cancel_pending(self) -> bool:
+        return any(item.kind == "cancel" for item in await self._deps.store.inbox(self._saga_id))
 
     async def receive(self, message: SagaMessage) -> object:
         match message:

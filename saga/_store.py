@@ -114,7 +114,8 @@ class Store(Protocol):
         ...
 
     async def runnable(self) -> Sequence[UnfinishedSaga]:
-        """Live sagas with a step or compensation in flight: to resume at once on start."""
+        """Live sagas with a step or compensation in flight, or with undelivered inbox items:
+        to resume at once on start."""
         ...
 
     async def due(

@@ -22,8 +22,10 @@ class Call:
 
     `took_effect`: True when the real callable returned; False when the kit
     stopped the attempt before calling it; None when unknown (the real
-    callable raised, or a crash interrupted it). `error` is what the attempt
-    raised ("Type: message"), `fault` the kind of fault injected into it,
+    callable raised, or a crash interrupted it). `error` says how the attempt
+    ended if it did not return: "raised Type: message", "hung until the
+    timeout cut it", "interrupted by the crash". `fault` is the kind of
+    fault injected into it,
     `given_result` (compensations only) whether it was given a recorded
     result rather than None. `at` is the virtual time it started.
     """
@@ -49,7 +51,7 @@ class Call:
         if self.given_result is not None:
             text += ", given the recorded result" if self.given_result else ", given None"
         if self.error is not None:
-            text += f"; raised {self.error}"
+            text += f"; {self.error}"
         if self.fault is not None:
             text += f"  [fault: {self.fault}]"
         return text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,11 @@ class FaultReport:
 
     `sagas` maps each saga id to its final `SagaInfo` (status, steps,
     history; a saga missing from it was lost), `snapshots` to its stored
-    `SagaState`. `saga` is the definition under test, `inputs` each saga's input. `calls` is every wrapped
-    call of an action or compensation in order, `notes` every fault,
-    crash, runtime start and resume, `writes` every history entry the
-    store acknowledged. `fired` lists the faults that fired (the others
-    never found their target).
+    `SagaState`. `saga` is the definition under test, `inputs` each saga's
+    input. `calls` is every wrapped call of an action or compensation in
+    order, `notes` every fault, crash, runtime start and resume, `writes`
+    every history entry the store acknowledged. `fired` lists the faults
+    that fired (the others never found their target).
     """
 
     plan: FaultPlan
@@ -76,8 +77,12 @@ class FaultReport:
             if call.saga_id == saga_id:
                 stamp = _stamp(call.at - origin)
                 entries.append((call.order, 0, f"{stamp}  -> {call.describe()}"))
+        # Runtime-wide notes (crashes, reopens) only while the saga was live.
+        end: float = max((w.order for w in self.writes if w.saga_id == saga_id), default=0)
+        if info is None or not info.status.is_terminal:
+            end = math.inf
         for note in self.notes:
-            if note.saga_id in (None, saga_id):
+            if note.saga_id == saga_id or (note.saga_id is None and note.order < end):
                 stamp = _stamp(note.at - origin)
                 entries.append((note.order, 0, f"{stamp}  !! {note.text}"))
         entries.sort(key=lambda entry: entry[:2])

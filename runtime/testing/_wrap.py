@@ -31,7 +31,7 @@ class Injector(Protocol):
     journal: Journal
 
     async def alive(self) -> None:
-        """Return at once, unless the runtime is crashing: then never (a dead process runs nothing)."""
+        """Return at once, unless the runtime is crashing: then never (the dead run nothing)."""
         ...
 
     def take_crash(
@@ -99,7 +99,7 @@ def _shorter(timeout: float | None) -> float:
 def describe_error(error: BaseException) -> str:
     if isinstance(error, anyio.get_cancelled_exc_class()):
         return "interrupted (cancelled)"
-    return f"{type(error).__name__}: {error}"
+    return f"raised {type(error).__name__}: {error}"
 
 
 async def _call(
@@ -153,8 +153,8 @@ async def _call(
 
     result = await _real_call(journal, index, real)
     if kind_of_fault == "duplicate":
-        again = begin("duplicate")
-        result = await _real_call(journal, again, real)
+        index = begin("duplicate")  # the same request, delivered again
+        result = await _real_call(journal, index, real)
 
     crash = injector.take_crash(saga_id, "after_effect", step, attempt, compensating)
     if crash is not None:
