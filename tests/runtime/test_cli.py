@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from runtime import Runtime
+from runtime.__main__ import main
+from saga import NonRetryableError, Saga, Step, StepContext
+
+
+async def ok(ctx: StepContext, value: int) -> int:
+    return value * 2
+
+
+async def refuse(ctx: StepContext, value: int) -> int:
+    raise NonRetryableError("no")
+
+
+async def undo(ctx: StepContext, value: int, result: object) -> None:
+    return None
+
+
+SAGA = Saga("cli", [Step("double", ok, compensate=undo), Step("refuse", refuse)], input_type=int)
+
+
+async def test_list_and_show_read_the_database(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "cli.db"
+    async with Runtime(db, sagas=[SAGA]) as rt:
+        for saga_id in ("a", "b"):
+            handle = await rt.spawn(SAGA, 21, saga_id=saga_id)
+            with pytest.raises(Exception, match="compensated"):
+                await handle.result(timeout=10)
+    assert main(["list", str(db), "--status", "compensated"]) == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in listing[1:]] == [
+        ["a", "cli", "compensated"],
+        ["b", "cli", "compensated"],
+    ]
+    assert main(["show", str(db), "a"]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("saga a (cli): compensated")
+    assert '"event": "compensation_succeeded"' in shown
+    assert main(["show", str(db), "missing"]) == 1
+    assert "no saga with id 'missing'" in capsys.readouterr().err
+
+
+def test_a_missing_database_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="no such database"):
+        main(["list", str(tmp_path / "nope.db")])
