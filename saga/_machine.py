@@ -56,6 +56,8 @@ Transition table (saga status, event -> effect)
   SUSPENDED     Resumed                previous status; as Recovered     Run*/Schedule
   terminal      Recovered / TimerFired unchanged                         (none)
   terminal      SignalReceived / CancelRequested: recorded, ignored
+  SUSPENDED     SignalReceived / CancelRequested: refused (kept in the store's
+                inbox, applied once the saga is resumed)
 
 "Begin compensation": status COMPENSATING; run the newest compensable step's
 compensation (attempt 1), or finish COMPENSATED when there is none.
@@ -318,6 +320,8 @@ def _waiting_step(saga: Saga, state: SagaState, signal: str) -> int | None:
 
 
 def _on_signal(saga: Saga, state: SagaState, event: SignalReceived) -> Transition:
+    if state.status is SagaStatus.SUSPENDED:
+        raise _reject(state, event, "a suspended saga takes its signals when resumed")
     if state.status.is_terminal or (event.key is not None and event.key in state.signal_keys):
         return Transition(_advance(state, event), ())  # recorded, and ignored
     keys = state.signal_keys if event.key is None else (*state.signal_keys, event.key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ._errors import DefinitionError
@@ -61,9 +62,10 @@ class RetryPolicy:
         """Seconds to wait after failed attempt `attempt`; `jitter_sample` is in [0, 1)."""
         exponent = min(attempt - 1, 1000)
         try:
-            base = self.initial_interval * self.backoff_coefficient**exponent
+            growth = self.backoff_coefficient**exponent
         except OverflowError:
-            base = self.maximum_interval
+            growth = math.inf
+        base = 0.0 if self.initial_interval == 0 else self.initial_interval * growth
         base = min(base, self.maximum_interval)
         return max(0.0, base * (1.0 + self.jitter * (2.0 * jitter_sample - 1.0)))
 
