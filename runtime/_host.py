@@ -69,6 +69,7 @@ class SagaHost:
         self.timers = TimerService(clock, store, self.wake)
         self._nudges: dict[str, Nudges] = {}
         self._waiters: dict[str, _Waiter] = {}
+        self._retry_delays: dict[str, float] = {}
         self._task_group: TaskGroup | None = None
         self._deps = SagaActorDeps(
             store=store,
@@ -185,6 +186,15 @@ class SagaHost:
         if saga_id not in self._waiters:
             self._waiters[saga_id] = _Waiter()
 
+    async def _try_again(self, saga_id: str, delay: float) -> None:
+        await anyio.sleep(delay)  # real time: the store's trouble is real
+        try:
+            await self.activate(saga_id, None)
+        except Exception:
+            logger.exception(
+                "saga %r could not be restarted; it resumes at the next start", saga_id
+            )
+
     async def _on_escalate(self, saga_id: str, error: Exception) -> None:
         reason = f"its actor kept crashing; last error: {type(error).__name__}: {error}"
         try:
@@ -199,7 +209,14 @@ class SagaHost:
         except InvalidTransitionError:
             pass  # it ended or was suspended meanwhile
         except Exception:
-            logger.exception("could not suspend saga %r; it resumes at the next start", saga_id)
+            # The store is failing (full, locked): nothing is lost, the snapshot holds
+            # the saga. Pause it, then let it try again, waiting longer each time.
+            delay = self._retry_delays[saga_id] = min(
+                60.0, 2 * self._retry_delays.get(saga_id, 0.5)
+            )
+            logger.exception("could not suspend saga %r; it tries again in %.1f s", saga_id, delay)
+            if self._task_group is not None:
+                self._task_group.start_soon(self._try_again, saga_id, delay)
         finally:
             waiter = self._waiters.pop(saga_id, None)
             if waiter is not None:

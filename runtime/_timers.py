@@ -30,6 +30,7 @@ class TimerService:
         self._heap: list[tuple[float, int, str]] = []
         self._order = itertools.count()
         self._store_next = -math.inf  # sweep the store at once on start
+        self._noted = math.inf  # the earliest wake-up noted since the last sweep began
         self._target = math.inf
         self._sleep: anyio.CancelScope | None = None
         self.sweeps = 0
@@ -43,6 +44,8 @@ class TimerService:
         """A passivated saga needs waking at `at`: look in the store by then."""
         if at < self._store_next:
             self._store_next = at
+        if at < self._noted:
+            self._noted = at
         self._reconsider(at)
 
     def _reconsider(self, at: float) -> None:
@@ -56,9 +59,11 @@ class TimerService:
                 _, _, saga_id = heapq.heappop(self._heap)
                 await self._wake(saga_id, None)
             if self._store_next <= now:
+                self._noted = math.inf
                 await self._sweep(now)
                 after = await self._store.next_wake_at(now)
-                self._store_next = math.inf if after is None else after
+                # A wake-up noted meanwhile may postdate what that read saw.
+                self._store_next = min(math.inf if after is None else after, self._noted)
             self._target = min(self._heap[0][0] if self._heap else math.inf, self._store_next)
             with anyio.CancelScope() as scope:
                 self._sleep = scope
