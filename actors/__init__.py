@@ -13,6 +13,7 @@ from ._errors import (
     AskTimeoutError,
     MailboxFullError,
     SupervisionEscalatedError,
+    SupervisorNotRunningError,
 )
 from ._ref import ActorRef
 from ._strategy import Escalate, RestartWithBackoff, Stop, SupervisorStrategy
@@ -32,5 +33,6 @@ __all__ = (
     "Stop",
     "Supervisor",
     "SupervisionEscalatedError",
+    "SupervisorNotRunningError",
     "SupervisorStrategy",
 )

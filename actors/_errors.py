@@ -32,3 +32,7 @@ class SupervisionEscalatedError(ActorError):
     def __init__(self, actor_name: str) -> None:
         super().__init__(f"actor {actor_name!r} failed and its supervisor escalated")
         self.actor_name = actor_name
+
+
+class SupervisorNotRunningError(ActorError, RuntimeError):
+    """Raised by `Supervisor.spawn` outside the supervisor's `async with` block."""

@@ -14,7 +14,7 @@ from anyio.abc import TaskGroup
 
 from ._actor import Actor
 from ._cell import Cell
-from ._errors import ActorNameTakenError, SupervisionEscalatedError
+from ._errors import ActorNameTakenError, SupervisionEscalatedError, SupervisorNotRunningError
 from ._ref import ActorRef
 from ._strategy import RestartWithBackoff, Stop, SupervisorStrategy
 
@@ -77,7 +77,7 @@ class Supervisor:
         `RuntimeError` outside the supervisor's `async with`.
         """
         if self._task_group is None:
-            raise RuntimeError("spawn() needs the supervisor's `async with` block")
+            raise SupervisorNotRunningError("spawn() needs the supervisor's `async with` block")
         if name in self._cells:
             raise ActorNameTakenError(f"an actor named {name!r} is already running")
         cell: Cell[M] = Cell(name, factory, mailbox_size)

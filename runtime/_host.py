@@ -15,7 +15,13 @@ from collections.abc import Mapping
 import anyio
 from anyio.abc import TaskGroup
 
-from actors import ActorStoppedError, MailboxFullError, RestartWithBackoff, Supervisor
+from actors import (
+    ActorStoppedError,
+    MailboxFullError,
+    RestartWithBackoff,
+    Supervisor,
+    SupervisorNotRunningError,
+)
 from saga import (
     Clock,
     CorruptSagaError,
@@ -33,6 +39,7 @@ from saga import (
     transition,
 )
 
+from ._errors import RuntimeNotRunningError
 from ._timers import TimerService
 
 logger = logging.getLogger("runtime")
@@ -114,12 +121,18 @@ class SagaHost:
             first = pending.pop() if pending else None
             return SagaActor(saga, saga_id, self._deps, first, nudges, wake=wake)
 
-        self.supervisor.spawn(
-            build,
-            name=saga_id,
-            mailbox_size=self._mailbox_size,
-            on_stop=lambda error: self._actor_gone(saga_id, nudges, error),
-        )
+        try:
+            self.supervisor.spawn(
+                build,
+                name=saga_id,
+                mailbox_size=self._mailbox_size,
+                on_stop=lambda error: self._actor_gone(saga_id, nudges, error),
+            )
+        except SupervisorNotRunningError as exc:
+            del self._nudges[saga_id]
+            raise RuntimeNotRunningError(
+                f"the runtime stopped; saga {saga_id!r} is durable and runs at the next start"
+            ) from exc
 
     async def activate(self, saga_id: str, saga_name: str | None, *, wake: bool = False) -> None:
         """Bring a passivated saga back (or tell its live actor): a timer or a signal."""

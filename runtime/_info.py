@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from saga import (
     CompensationStatus,
+    CorruptSagaError,
     ErrorInfo,
     HistoryEntry,
     Saga,
@@ -70,6 +71,12 @@ _ACTIVE_COMPENSATION = frozenset({CompensationStatus.RUNNING, CompensationStatus
 
 
 def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> SagaInfo:
+    """Raises `CorruptSagaError` for a snapshot that does not fit `saga`."""
+    if len(state.steps) != len(saga.steps):
+        raise CorruptSagaError(
+            state.saga_id,
+            f"its snapshot has {len(state.steps)} steps; {saga.name!r} has {len(saga.steps)}",
+        )
     steps = tuple(
         StepInfo(
             name=definition.name,

@@ -32,6 +32,7 @@ from saga import (
     SagaStatus,
     Store,
     StoredSaga,
+    StoreError,
     SystemClock,
     decode_payload,
     encode_payload,
@@ -263,7 +264,13 @@ class Runtime:
         definition = self._definition(stored.saga_name)
         event = Resumed(at=self._clock.now())
         resumed = transition(definition, stored.state, event)
-        await self._store.save(resumed.state, event)
+        try:
+            await self._store.save(resumed.state, event)
+        except StoreError:
+            # Did it commit anyway (a lost acknowledgement)? Then carry on.
+            now = await self._store.load(saga_id)
+            if now.state.seq != resumed.state.seq or now.state.status is SagaStatus.SUSPENDED:
+                raise
         await self._host.start(definition, saga_id, FreshStart(resumed, stored.input, resumed=True))
 
     async def signal(

@@ -200,6 +200,16 @@ class SqliteStore:
             raise StoreError(f"write to {self.path} failed: {batch.failure}") from batch.failure
 
     async def _write_loop(self) -> None:
+        try:
+            await self._write_batches()
+        finally:
+            # Cancelled with its runtime: writes not taken yet fail rather than hang.
+            pending = self._batch
+            if len(pending):
+                pending.failure = StoreClosedError(f"store {self.path} closed before this write")
+                pending.done.set()
+
+    async def _write_batches(self) -> None:
         while True:
             await self._has_work.wait()
             self._has_work = anyio.Event()
@@ -231,13 +241,13 @@ class SqliteStore:
     async def load(self, saga_id: str) -> StoredSaga:
         rows = await _fetch(
             self._read_conn(),
-            "SELECT saga_name, input, snapshot FROM sagas WHERE saga_id=?",
+            "SELECT saga_name, input, snapshot, seq FROM sagas WHERE saga_id=?",
             (saga_id,),
         )
         if not rows:
             raise SagaNotFound(saga_id)
-        saga_name, input_text, snapshot = rows[0]
-        return stored_saga(saga_id, saga_name, input_text, snapshot)
+        saga_name, input_text, snapshot, seq = rows[0]
+        return stored_saga(saga_id, saga_name, input_text, snapshot, seq)
 
     async def history(self, saga_id: str) -> Sequence[HistoryEntry]:
         conn = self._read_conn()

@@ -267,13 +267,25 @@ class BatchWriter:
 
 
 def stored_saga(
-    saga_id: object, saga_name: object, input_text: object, snapshot: object
+    saga_id: object,
+    saga_name: object,
+    input_text: object,
+    snapshot: object,
+    seq: object = None,
 ) -> StoredSaga:
-    """A row as a `StoredSaga`; raises `CorruptSagaError` when it cannot be decoded."""
+    """A row as a `StoredSaga`; raises `CorruptSagaError` when it cannot be decoded,
+    or when the snapshot is not the row's (`seq`, `saga_name` differ)."""
     sid = str(saga_id)
     if not isinstance(input_text, str | bytes):
         raise CorruptSagaError(sid, "input column is not JSON text")
     if not isinstance(snapshot, str | bytes):
         raise CorruptSagaError(sid, "snapshot column is not JSON text")
     data = input_text.encode() if isinstance(input_text, str) else input_text
-    return StoredSaga(sid, str(saga_name), data, decode_state(sid, snapshot))
+    state = decode_state(sid, snapshot)
+    if seq is not None and state.seq != seq:
+        raise CorruptSagaError(sid, f"snapshot #{state.seq} in a row at #{seq}")
+    if state.saga_name != saga_name:
+        raise CorruptSagaError(
+            sid, f"snapshot of a {state.saga_name!r} saga in a {saga_name!r} row"
+        )
+    return StoredSaga(sid, str(saga_name), data, state)

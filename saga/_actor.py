@@ -168,6 +168,12 @@ class SagaActor(Actor[SagaMessage]):
         else:
             try:
                 stored = await self._deps.store.load(self._saga_id)
+                if len(stored.state.steps) != len(self._saga.steps):
+                    raise CorruptSagaError(
+                        self._saga_id,
+                        f"its snapshot has {len(stored.state.steps)} steps; the definition "
+                        f"{self._saga.name!r} has {len(self._saga.steps)}",
+                    )
             except CorruptSagaError as exc:
                 # Park it for an operator; retrying cannot fix the bytes.
                 await self._deps.store.quarantine(self._saga_id, str(exc))

@@ -154,8 +154,9 @@ class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, t
     def in_flight(self) -> bool:
         """True when a step or compensation intent is durable but its outcome is not."""
         forward = self.status is SagaStatus.RUNNING
+        backward = self.status is SagaStatus.COMPENSATING
         return any(
             (forward and step.status is StepStatus.RUNNING)
-            or step.compensation is CompensationStatus.RUNNING
+            or (backward and step.compensation is CompensationStatus.RUNNING)
             for step in self.steps
         )

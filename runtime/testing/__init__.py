@@ -12,9 +12,9 @@ def test_checkout_survives_faults() -> None:
 
 Each example runs a few sagas on a fresh SQLite file and a `VirtualClock`
 while a drawn `FaultPlan` fails their steps (transient, permanent,
-timeout, effect-then-error, duplicate delivery), crashes the runtime at
-every kind of point (a new runtime then opens on the same file), and fails
-store writes. It then checks the compensation guarantees from its own
+timeout, effect-then-error, duplicate delivery, outage), crashes the
+runtime at every kind of point (a new runtime then opens on the same file),
+and fails store writes. It then checks the compensation guarantees from its own
 journal of every call and from the store, and your invariants over your
 services. A violation raises `InvariantViolation` with each saga's
 timeline; Hypothesis prints the plan, and `.run(inputs, plan)` replays it.

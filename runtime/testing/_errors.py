@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from saga import NonRetryableError
+
+if TYPE_CHECKING:
+    from ._report import FaultReport
 
 
 class InjectedFault(Exception):
@@ -34,7 +39,7 @@ class InvariantViolation(AssertionError):
     interleaved with the injected faults and crashes.
     """
 
-    def __init__(self, message: str, report: object = None) -> None:
+    def __init__(self, message: str, report: FaultReport | None = None) -> None:
         super().__init__(message)
         self.report = report
 

@@ -29,7 +29,7 @@ from .._runtime import Runtime
 from .._sqlite_store import SqliteStore
 from ._errors import InvariantViolation
 from ._journal import CallKind, Journal
-from ._plan import Crash, CrashPoint, Fault, FaultPlan, StepFault, StoreFault
+from ._plan import OUTAGE_ATTEMPTS, Crash, CrashPoint, Fault, FaultPlan, StepFault, StoreFault
 from ._report import FaultReport
 from ._store import FaultyStore
 from ._wrap import wrap_saga
@@ -51,8 +51,11 @@ class Limits:
     """Crashes per example; crash faults past it do not fire."""
     idle_timeout: float = 10.0
     """Real seconds the runtime may take to become idle between two clock moves."""
-    stuck_after: float = 1.0
-    """Real seconds an idle runtime may hold a live saga with nothing due before it is a bug."""
+    stuck_after: float = 2.5
+    """Real seconds an idle runtime may hold a live saga with nothing due before it is a bug.
+
+    Longer than the runtime's first real-time retry of a saga it could not suspend (1 s).
+    """
     max_advances: int = 1000
     """Clock moves per example (an endless retry loop would need more)."""
     max_resumes: int = 20
@@ -98,10 +101,6 @@ class Example:
         }
         self.saga = wrap_saga(saga, self, timeouts)
 
-    @property
-    def saga_ids(self) -> list[str]:
-        return list(self._ids)
-
     # -- the injector side (called by the wrappers and the store) -----------
 
     async def alive(self) -> None:
@@ -121,6 +120,16 @@ class Example:
         for fault in self._plan.faults:
             if (
                 isinstance(fault, StepFault)
+                and fault.kind == "outage"
+                and (fault.saga, fault.step, fault.compensating) == (saga, step, compensating)
+                and fault.attempt <= attempt < fault.attempt + OUTAGE_ATTEMPTS
+            ):
+                if self._take(fault):
+                    self.journal.note(saga_id, f"FAULT 'outage': {step} is down from now on")
+                return fault
+        for fault in self._plan.faults:
+            if (
+                isinstance(fault, StepFault)
                 and (fault.saga, fault.step, fault.attempt, fault.compensating)
                 == (saga, step, attempt, compensating)
                 and self._take(fault)
@@ -135,7 +144,9 @@ class Example:
     def take_crash(
         self, saga_id: str, at: CrashPoint, step: str, attempt: int, compensating: bool
     ) -> Crash | None:
-        if not self._crashes_allowed or self._crashes >= self._limits.max_crashes:
+        if self._crashing or not self._crashes_allowed:
+            return None
+        if self._crashes >= self._limits.max_crashes:
             return None
         saga = self._index[saga_id]
         if at == "recovery":
@@ -216,7 +227,8 @@ class Example:
         advances = 0
         stuck_since: float | None = None
         while True:
-            await self._until_idle(rt)
+            if await self._until_idle(rt):
+                stuck_since = None  # something ran: whatever looked stuck moved
             rows = {r.saga_id: SagaStatus(r.status) for r in await rt.store.list_sagas(limit=1000)}
             lost = sorted(self._acknowledged - set(rows))
             if lost:
@@ -271,12 +283,18 @@ class Example:
                     self._acknowledged.add(saga_id)
                     self.journal.note(saga_id, "spawn acknowledged")
 
-    async def _until_idle(self, rt: Runtime) -> None:
+    async def _until_idle(self, rt: Runtime) -> bool:
+        """Wait until no saga actor is in memory and no store call is under way.
+
+        Returns whether anything was running.
+        """
+        busy = False
         try:
             with anyio.fail_after(self._limits.idle_timeout):
                 await anyio.lowlevel.checkpoint()
                 # No event says "idle": the runtime has no such hook (see the report).
-                while rt.live_actors or self.store_calls:  # noqa: ASYNC110
+                while rt.live_actors or self.store_calls:
+                    busy = True
                     await anyio.sleep(_POLL)
         except TimeoutError:
             await self._fail(
@@ -285,6 +303,7 @@ class Example:
                 f"time: {rt.live_actors} saga actor(s) in memory (a step or compensation that "
                 "never returns and has no timeout?)",
             )
+        return busy
 
     async def _resume(self, rt: Runtime, suspended: Sequence[str]) -> None:
         for saga_id in suspended:

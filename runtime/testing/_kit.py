@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import sys
 import tempfile
@@ -122,12 +123,14 @@ class FaultInjection(Generic[S, I]):
 
         Returns the report when every invariant holds. Raises
         `InvariantViolation` otherwise, `ValueError` for a plan naming a step
-        the saga does not have (or cannot wrap).
+        the saga does not have (or cannot wrap), `RuntimeError` inside a running event loop.
         """
         plan = plan if plan is not None else FaultPlan()
         for fault in plan.faults:
             if isinstance(fault, StepFault | Crash) and fault.step is not None:
                 known = self._compensable if fault.compensating else self._steps
+                if isinstance(fault, StepFault) and fault.kind == "outage" and fault.compensating:
+                    raise ValueError(f"{fault!r}: an outage hits actions only")
                 if fault.step not in known:
                     raise ValueError(
                         f"{fault!r}: saga {self._name!r} has no such "
@@ -135,6 +138,11 @@ class FaultInjection(Generic[S, I]):
                     )
         if not inputs:
             raise ValueError("give at least one input")
+        if _in_event_loop():
+            raise RuntimeError(
+                "FaultInjection.run and .check start their own event loop: call them from a "
+                "synchronous test (def, not async def)"
+            )
         services = self._services()
         saga = self._build(services)
         with tempfile.TemporaryDirectory(prefix="sagaloop-faults-") as tmp:
@@ -223,3 +231,11 @@ def fault_injection(
 
 def _no_services() -> None:
     return None
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -13,11 +13,15 @@ from typing import Any, Literal, get_args
 
 from hypothesis import strategies as st
 
-StepFaultKind = Literal["transient", "permanent", "timeout", "effect_then_error", "duplicate"]
+StepFaultKind = Literal[
+    "transient", "permanent", "timeout", "effect_then_error", "duplicate", "outage"
+]
 CrashPoint = Literal["before_call", "after_effect", "after_record", "recovery"]
 StoreFaultKind = Literal["write_failed", "ack_lost", "db_locked", "disk_full"]
 
 STEP_FAULT_KINDS: tuple[StepFaultKind, ...] = get_args(StepFaultKind)
+OUTAGE_ATTEMPTS = 10
+"""The longest outage: what an outage does to a step whose policy retries forever."""
 CRASH_POINTS: tuple[CrashPoint, ...] = get_args(CrashPoint)
 STORE_FAULT_KINDS: tuple[StoreFaultKind, ...] = get_args(StoreFaultKind)
 
@@ -27,6 +31,7 @@ FaultKind = Literal[
     "timeout",
     "effect_then_error",
     "duplicate",
+    "outage",
     "crash_before_call",
     "crash_after_effect",
     "crash_after_record",
@@ -59,6 +64,10 @@ class StepFault:
     - "effect_then_error": the real call runs, then `InjectedTransientError`.
     - "duplicate": the real call runs twice with the same context; the second
       result is returned (a redelivered request).
+    - "outage" (actions only): this attempt and every later one raise
+      `InjectedTransientError` before the real call, until the step's policy
+      gives up (at most `OUTAGE_ATTEMPTS`): the step ends ambiguous without
+      having taken effect, and its compensation must cope with nothing to undo.
     """
 
     saga: int
@@ -79,6 +88,7 @@ class StepFault:
 
     @property
     def fault_kind(self) -> FaultKind:
+        """This fault's kind among `FAULT_KINDS`."""
         return self.kind
 
 
@@ -113,6 +123,7 @@ class Crash:
 
     @property
     def fault_kind(self) -> FaultKind:
+        """This fault's kind among `FAULT_KINDS`."""
         return CRASH_KINDS[self.at]
 
 
@@ -141,6 +152,7 @@ class StoreFault:
 
     @property
     def fault_kind(self) -> FaultKind:
+        """This fault's kind among `FAULT_KINDS`."""
         return self.kind
 
 
@@ -187,9 +199,10 @@ def fault_plans(
     max_attempt: int = 3,
     max_write: int = 10,
 ) -> st.SearchStrategy[FaultPlan]:
-    """Plans of up to `max_faults` faults of `kinds` against `sagas` sagas shaped as `shape`.
+    """Plans of 1 to `max_faults` faults of `kinds` against `sagas` sagas shaped as `shape`.
 
-    Shrinks towards fewer faults, lower saga numbers, earlier steps and attempts.
+    Shrinks towards fewer faults, lower saga numbers, earlier steps and
+    attempts, and step faults before crashes before store faults.
     Raises `ValueError` for an unknown kind or nothing to target.
     """
     unknown = set(kinds) - set(FAULT_KINDS)
@@ -200,68 +213,56 @@ def fault_plans(
     saga = st.integers(0, max(sagas - 1, 0))
     # Most attempts never get past the first: aim half the faults there.
     attempt = st.one_of(st.just(1), st.integers(1, max_attempt))
-    options: list[st.SearchStrategy[Fault]] = []
+    steps = st.sampled_from(shape.steps)
+    undo_steps = st.sampled_from(sorted(shape.compensable))
+    # (weight, strategy): one_of picks a branch uniformly, so a weight repeats it.
+    options: list[tuple[int, st.SearchStrategy[Fault]]] = []
 
     step_kinds = [k for k in STEP_FAULT_KINDS if k in kinds]
+    undo_kinds = [k for k in step_kinds if k != "outage"]  # compensations retry forever
     if step_kinds:
-        options.append(
-            st.builds(
-                StepFault,
-                saga=saga,
-                step=st.sampled_from(shape.steps),
-                attempt=attempt,
-                kind=st.sampled_from(step_kinds),
-            )
+        action = st.builds(
+            StepFault, saga=saga, step=steps, attempt=attempt, kind=st.sampled_from(step_kinds)
         )
+        options.append((3, action))
+    if undo_kinds and shape.compensable:
+        undo = st.builds(
+            StepFault,
+            saga=saga,
+            step=undo_steps,
+            attempt=attempt,
+            kind=st.sampled_from(undo_kinds),
+            compensating=st.just(True),
+        )
+        options.append((1, undo))
+    points = [p for p in CRASH_POINTS if CRASH_KINDS[p] in kinds and p != "recovery"]
+    if points:
+        at = st.sampled_from(points)
+        options.append((2, st.builds(Crash, saga=saga, at=at, step=steps, attempt=attempt)))
         if shape.compensable:
-            options.append(
-                st.builds(
-                    StepFault,
-                    saga=saga,
-                    step=st.sampled_from(sorted(shape.compensable)),
-                    attempt=attempt,
-                    kind=st.sampled_from(step_kinds),
-                    compensating=st.just(True),
-                )
-            )
-    points = [p for p in CRASH_POINTS if CRASH_KINDS[p] in kinds]
-    call_points = [p for p in points if p != "recovery"]
-    if call_points:
-        options.append(
-            st.builds(
+            crash_undo = st.builds(
                 Crash,
                 saga=saga,
-                at=st.sampled_from(call_points),
-                step=st.sampled_from(shape.steps),
+                at=at,
+                step=undo_steps,
                 attempt=attempt,
+                compensating=st.just(True),
             )
-        )
-        if shape.compensable:
-            options.append(
-                st.builds(
-                    Crash,
-                    saga=saga,
-                    at=st.sampled_from(call_points),
-                    step=st.sampled_from(sorted(shape.compensable)),
-                    attempt=attempt,
-                    compensating=st.just(True),
-                )
-            )
-    if "recovery" in points:
-        options.append(st.builds(Crash, saga=saga, at=st.just("recovery")))
+            options.append((1, crash_undo))
+    if CRASH_KINDS["recovery"] in kinds:
+        options.append((1, st.builds(Crash, saga=saga, at=st.just("recovery"))))
     store_kinds = [k for k in STORE_FAULT_KINDS if k in kinds]
     if store_kinds:
-        options.append(
-            st.builds(
-                StoreFault,
-                saga=saga,
-                write=st.integers(1, max_write),
-                kind=st.sampled_from(store_kinds),
-            )
-        )
-    if not options:
+        write = st.integers(1, max_write)
+        store = st.builds(StoreFault, saga=saga, write=write, kind=st.sampled_from(store_kinds))
+        options.append((2, store))
+    if not options or max_faults == 0:
         return st.just(FaultPlan())
-    faults = st.lists(st.one_of(options), max_size=max_faults, unique=True)
+    # Hypothesis favours the first branches: the common faults go first.
+    options.sort(key=lambda option: -option[0])
+    fault = st.one_of([strategy for weight, strategy in options for _ in range(weight)])
+    # At least one fault: a plan with none exercises nothing the kit is for.
+    faults = st.lists(fault, min_size=1, max_size=max_faults, unique=True)
     return faults.map(lambda drawn: FaultPlan(*drawn))
 
 

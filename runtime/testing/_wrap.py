@@ -142,8 +142,8 @@ async def _call(
         )
         kind_of_fault = None
     index = begin(kind_of_fault)
-    if kind_of_fault == "transient":
-        error: Exception = InjectedTransientError(f"injected transient error in {what}")
+    if kind_of_fault in ("transient", "outage"):
+        error: Exception = InjectedTransientError(f"injected {kind_of_fault} error in {what}")
         journal.finish(index, took_effect=False, error=describe_error(error))
         raise error
     if kind_of_fault == "permanent":
