@@ -173,6 +173,8 @@ class SagaHost:
     def _actor_gone(self, saga_id: str, nudges: Nudges, error: Exception | None) -> None:
         if self._nudges.get(saga_id) is nudges:
             del self._nudges[saga_id]
+        if error is None:
+            self._retry_delays.pop(saga_id, None)
         waiter = self._waiters.pop(saga_id, None)
         if waiter is not None:
             waiter.done.set()

@@ -6,7 +6,8 @@ saga. Some are hit between two runtimes while their saga is mid-step (the
 next runtime resumes it at once), others while a runtime runs and their
 saga sleeps until a retry (it is loaded when the clock reaches it).
 
-The strict xfails are snapshots that decode but do not fit (bugs found here).
+Last, snapshots that decode but do not fit their definition or their row:
+regression tests for bugs this suite found (they were never quarantined).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 An application's request handlers run outside the runtime's own scope; when
 the runtime goes away under them, a call into it must end, with a typed
-error. Both tests are strict xfails: bugs found by this suite.
+error. Regression tests for bugs this suite found (a caller waiting forever;
+the actor kernel's bare RuntimeError).
 """
 
 from __future__ import annotations

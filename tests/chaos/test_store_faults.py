@@ -11,7 +11,9 @@ Each time: nothing acknowledged is lost, every saga ends as its plan says,
 no step runs more often than durable intents and recoveries commanded
 (at-least-once, never more), and the file passes `PRAGMA integrity_check`.
 
-The strict xfail at the end is a bug this suite found (see its reason).
+The tests at the end are regression tests for bugs this suite found: starts,
+resumes and parkings that committed (or not) while their caller was told
+otherwise, leaving a saga that nothing drove until the next restart.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 
 from actors import RestartWithBackoff
 from runtime import Runtime, SagaStatus, SagaSuspendedError, StoreError
-from saga import Event, Resumed, Suspended
+from saga import Event, Suspended
 
 from .checkout import HAPPY, make_order
 from .drive import drive_to_end, results
@@ -67,10 +69,7 @@ async def test_lost_acknowledgements_lose_nothing_and_run_nothing_twice(tmp_path
     writes = itertools.count(1)
 
     def every_third_write(saga_id: str, event: Event) -> FaultKind | None:
-        # Not an operator's resume: the xfail at the end.
-        if isinstance(event, Resumed) or next(writes) % 3:
-            return None
-        return FaultKind.LOST_ACK
+        return None if next(writes) % 3 else FaultKind.LOST_ACK
 
     async with Runtime(rig.store(), sagas=[rig.saga]) as rt:
         rig.board.choose = every_third_write
@@ -240,12 +239,10 @@ async def test_a_spawn_retried_after_a_lost_acknowledgement_runs_the_saga(tmp_pa
     assert ended, "the saga never ran"
 
 
-# -- a bug found by this suite ---------------------------------------------------------------
-
-
 async def test_a_resume_whose_acknowledgement_was_lost_still_resumes_the_saga(
     tmp_path: Path,
 ) -> None:
+    # A regression test for a bug this suite found (fixed in 831191c).
     rig = Rig(tmp_path)
     order = make_order("order-1", HAPPY)
     async with Runtime(rig.store(), sagas=[rig.saga], supervision=ESCALATES_FAST) as rt:
@@ -259,7 +256,7 @@ async def test_a_resume_whose_acknowledgement_was_lost_still_resumes_the_saga(
         with contextlib.suppress(StoreError):
             await rt.resume("order-1")  # the Resumed record commits; its acknowledgement is lost
         with contextlib.suppress(SagaSuspendedError):
-            await rt.resume("order-1")  # the operator tries again; today: "it is running"
+            await rt.resume("order-1")  # should the operator try again: "it is running"
         ended = await ends(rt, "order-1", 1.0)
     assert rig.board.injected[FaultKind.LOST_ACK] == 1
     assert ended, "the resumed saga never ran"
