@@ -8,7 +8,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev]'
 	touch $@
 
-.PHONY: demo test check lint typecheck bench clean
+.PHONY: demo test check lint typecheck bench bench-waiting bench-growth clean
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo
 
@@ -24,8 +24,15 @@ typecheck: $(BIN)/.installed
 
 check: lint typecheck test
 
+# Set SAGALOOP_DBOS_PYTHON to a Python with dbos==3.4.0 to add the DBOS anchor.
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.checkout
+
+bench-waiting: $(BIN)/.installed
+	$(BIN)/python -m bench.waiting
+
+bench-growth: $(BIN)/.installed
+	$(BIN)/python -m bench.growth
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
