@@ -77,6 +77,10 @@ def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
                 say(event.at, f"{name} gave up ({why}); it may have taken effect")
         if isinstance(event, StepWaiting):
             lines.extend(_describe_wait(saga, state, event, origin))
+        if isinstance(event, SignalReceived):
+            for index, (old, new) in enumerate(zip(before.steps, state.steps, strict=True)):
+                if old.status is StepStatus.WAITING and new.status is StepStatus.SUCCEEDED:
+                    say(event.at, f"step {saga.steps[index].name} got its signal")
         if isinstance(event, TimerFired):
             for index, (old, new) in enumerate(zip(before.steps, state.steps, strict=True)):
                 if old.status is StepStatus.WAITING and new.status is not StepStatus.WAITING:
@@ -97,9 +101,7 @@ def timeline(saga: Saga, saga_id: str, events: Sequence[Event]) -> list[str]:
                 case RunCompensation(index, attempt):
                     label = saga.steps[index].name
                     say(event.at, f"compensation of {label} attempt {attempt} started")
-                case ScheduleWakeup(at) if state is not before and not isinstance(
-                    event, StepWaiting
-                ):
+                case ScheduleWakeup(at) if isinstance(event, StepFailed | CompensationFailed):
                     say(event.at, f"retry due in {at - event.at:.3f}s")
                 case Finish(status):
                     say(event.at, f"saga {status}")

@@ -191,6 +191,7 @@ async def test_an_approved_refund_completes_with_the_typed_payload(
         (0.0, "step approval attempt 1 started"),
         (0.0, "step approval waiting for signal 'approval' (at most 259200.000s)"),
         (2 * DAY, "signal 'approval' received"),
+        (2 * DAY, "step approval got its signal"),
         (2 * DAY, "step apply attempt 1 started"),
         (2 * DAY, "step apply succeeded"),
         (2 * DAY, "saga completed"),

@@ -1207,6 +1207,7 @@ def test_timeline_tells_waits_signals_and_a_cancellation() -> None:
         "+  62.000s  signal 'other' received",
         "+  62.000s  step approval waiting for signal 'approve' (at most 3600.000s)",
         "+ 100.000s  signal 'approve' received",
+        "+ 100.000s  step approval got its signal",
         "+ 100.000s  step z attempt 1 started",
         "+ 101.000s  cancellation requested: customer changed their mind",
         "+ 101.000s  compensation of z attempt 1 started",
