@@ -160,9 +160,9 @@ class SagaActor(Actor[SagaMessage]):
         if fresh is not None:
             self._state = fresh.transition.state
             self._input = self._decode_input(fresh.input)
-            self._check_inbox = fresh.resumed
-            if fresh.resumed and await self._cancel_pending():
-                self._nudges.cancel = True  # the in-flight step is not run again: cancelled
+            if fresh.resumed:
+                # A cancellation waiting in the inbox keeps the in-flight step from running again.
+                await self._look_at_inbox()
             first = await self._carry_out(fresh.transition.commands, not fresh.resumed)
             await self._drive(first)
         else:
@@ -182,8 +182,8 @@ class SagaActor(Actor[SagaMessage]):
                 return
             self._state = stored.state
             self._input = self._decode_input(stored.input)
-            self._check_inbox = True  # whatever arrived while it was away
-            if self._nudges.cancel or await self._cancel_pending():
+            await self._look_at_inbox()  # whatever arrived while it was away
+            if self._nudges.cancel:
                 # Interrupted for a cancellation, or one was left unapplied by a runtime
                 # that stopped: apply the inbox first, so the interrupted step is not run
                 # again and the interruption does not count as a recovery.
@@ -196,8 +196,12 @@ class SagaActor(Actor[SagaMessage]):
                 await self._drive(TimerFired(at=self._deps.clock.now()))
         await self._settle()
 
-    async def _cancel_pending(self) -> bool:
-        return any(item.kind == "cancel" for item in await self._deps.store.inbox(self._saga_id))
+    async def _look_at_inbox(self) -> None:
+        """On (re)activation: drain the inbox if it holds anything; note a cancellation."""
+        items = await self._deps.store.inbox(self._saga_id)
+        self._check_inbox = bool(items)
+        if any(item.kind == "cancel" for item in items):
+            self._nudges.cancel = True
 
     async def receive(self, message: SagaMessage) -> object:
         match message:
