@@ -58,7 +58,6 @@ logger = logging.getLogger("runtime")
 
 Output = dict[str, Any]
 
-_DRIVEN = frozenset({SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING})
 
 DEFAULT_SUPERVISION = RestartWithBackoff(
     min_backoff=0.05, max_backoff=5.0, random_factor=0.2, max_restarts=5, within=60.0
@@ -226,7 +225,7 @@ class Runtime:
                 raise DuplicateSagaError(saga_id, f"as a {existing.saga_name!r} saga")
             if existing.input != data:
                 raise DuplicateSagaError(saga_id, "with a different input")
-            if existing.state.status in _DRIVEN and not self._host.is_live(saga_id):
+            if existing.state.status.is_live and not self._host.is_live(saga_id):
                 # An earlier spawn's creation committed but its caller saw an error
                 # (a lost acknowledgement): this spawn is the one that starts it.
                 await self._host.activate(saga_id, existing.saga_name)

@@ -29,6 +29,7 @@ from saga import (
     SagaNotFound,
     SagaRow,
     SagaState,
+    SagaStatus,
     StoredSaga,
     StoreError,
     UnfinishedSaga,
@@ -40,7 +41,7 @@ from ._sqlite_writer import Batch, BatchWriter, Create, Deliver, Save, stored_sa
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
-_LIVE_STATUSES = ("running", "waiting", "compensating")
+_LIVE_STATUSES = tuple(status.value for status in SagaStatus if status.is_live)
 _SELECT_CHUNK = 500
 
 

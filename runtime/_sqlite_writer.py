@@ -25,6 +25,7 @@ from saga import (
     SagaEndedError,
     SagaNotFound,
     SagaState,
+    SagaStatus,
     StaleStateError,
     StoredSaga,
 )
@@ -34,7 +35,7 @@ from ._errors import SchemaVersionError
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 
 _SELECT_CHUNK = 500
-_ENDED = frozenset({"completed", "compensated", "failed"})
+_ENDED = frozenset(status.value for status in SagaStatus if status.is_terminal)
 
 
 @dataclass(slots=True, eq=False)

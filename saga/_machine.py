@@ -91,6 +91,8 @@ from ._events import (
     TimerFired,
 )
 from ._model import (
+    FORWARD,
+    LIVE,
     CompensationStatus,
     ErrorInfo,
     FailureKind,
@@ -110,8 +112,6 @@ class Transition(NamedTuple):
     commands: Sequence[Command]
 
 
-_LIVE = frozenset({SagaStatus.RUNNING, SagaStatus.WAITING, SagaStatus.COMPENSATING})
-_FORWARD = frozenset({SagaStatus.RUNNING, SagaStatus.WAITING})
 _UNDER_WAY = frozenset({StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING})
 _json = msgspec.json.Encoder().encode
 _MAY_HAVE_TAKEN_EFFECT = frozenset({StepStatus.SUCCEEDED, StepStatus.AMBIGUOUS})
@@ -335,7 +335,7 @@ def _on_signal(saga: Saga, state: SagaState, event: SignalReceived) -> Transitio
 def _on_cancel(saga: Saga, state: SagaState, event: CancelRequested) -> Transition:
     if state.status is SagaStatus.SUSPENDED:
         raise _reject(state, event, "a suspended saga takes its cancellation when resumed")
-    if state.status not in _FORWARD:
+    if state.status not in FORWARD:
         return Transition(_advance(state, event), ())  # already rolling back, or ended
     return _stop_forward(saga, state, event, _error("Cancelled", event.reason), event.not_started)
 
@@ -479,9 +479,9 @@ def _wake_command(state: SagaState) -> Sequence[Command]:
 
 
 def _on_timer(saga: Saga, state: SagaState, event: TimerFired) -> Transition:
-    if state.status not in _LIVE or state.in_flight:
+    if state.status not in LIVE or state.in_flight:
         return Transition(state, ())
-    if state.status in _FORWARD and _deadline_passed(state, event.at):
+    if state.status in FORWARD and _deadline_passed(state, event.at):
         return _stop_forward(saga, state, event, _DEADLINE, None)
     for index, step in enumerate(state.steps):
         if step.status is StepStatus.WAITING and step.wait_until is not None:
@@ -545,7 +545,7 @@ def _carry_on(state: SagaState) -> Sequence[Command]:
 
 
 def _on_recovered(state: SagaState, event: Recovered) -> Transition:
-    if state.status not in _LIVE:
+    if state.status not in LIVE:
         return Transition(state, ())
     in_flight = _in_flight(state)
     if in_flight is None:
@@ -583,7 +583,7 @@ def _suspend(state: SagaState, event: Event, reason: str, **changes: object) -> 
 
 
 def _on_suspended(state: SagaState, event: Suspended) -> Transition:
-    if state.status not in _LIVE:
+    if state.status not in LIVE:
         raise _reject(state, event, "only a live saga can be suspended")
     return _suspend(state, event, event.reason)
 

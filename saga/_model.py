@@ -36,9 +36,15 @@ class SagaStatus(enum.StrEnum):
     def is_terminal(self) -> bool:
         return self in _TERMINAL
 
+    @property
+    def is_live(self) -> bool:
+        """Running, waiting or compensating: a runtime drives it."""
+        return self in LIVE
+
 
 _TERMINAL = frozenset({SagaStatus.COMPLETED, SagaStatus.COMPENSATED, SagaStatus.FAILED})
-_FORWARD = frozenset({SagaStatus.RUNNING, SagaStatus.WAITING})
+FORWARD = frozenset({SagaStatus.RUNNING, SagaStatus.WAITING})
+LIVE = FORWARD | {SagaStatus.COMPENSATING}
 
 
 class StepStatus(enum.StrEnum):
@@ -146,7 +152,7 @@ class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, t
             for t in (step.retry_at, step.compensation_retry_at, step.wait_until)
             if t is not None
         ]
-        if self.deadline_at is not None and self.status in _FORWARD:
+        if self.deadline_at is not None and self.status in FORWARD:
             due.append(self.deadline_at)
         return min(due) if due else None
 
