@@ -5,15 +5,16 @@ BIN := $(VENV)/bin
 $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -e '.[test,dev,postgres]'
 	touch $@
 
 .PHONY: demo test check lint typecheck bench bench-waiting bench-growth clean
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo
 
+# The PostgreSQL tests get a throwaway server on loopback (tests/with_postgres.sh).
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q
+	tests/with_postgres.sh $(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .

@@ -27,12 +27,15 @@ from saga import (
     CorruptSagaError,
     FreshStart,
     InvalidTransitionError,
+    LeaseLostError,
+    Notice,
     Nudge,
     Nudges,
     Saga,
     SagaActor,
     SagaActorDeps,
     SagaState,
+    SharedStore,
     Store,
     Suspended,
     WakeUp,
@@ -69,6 +72,7 @@ class SagaHost:
         keep_warm: float,
     ) -> None:
         self._store = store
+        self.shared: SharedStore | None = store if isinstance(store, SharedStore) else None
         self._sagas = sagas
         self._clock = clock
         self._mailbox_size = mailbox_size
@@ -78,6 +82,7 @@ class SagaHost:
         self._waiters: dict[str, _Waiter] = {}
         self._retry_delays: dict[str, float] = {}
         self._task_group: TaskGroup | None = None
+        self.claims_wanted = anyio.Event()
         self._deps = SagaActorDeps(
             store=store,
             clock=clock,
@@ -91,6 +96,8 @@ class SagaHost:
 
     def bind(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
+        if self.shared is not None:
+            self.shared.on_notice(self._on_notice)
 
     def close(self) -> None:
         for waiter in self._waiters.values():
@@ -134,8 +141,15 @@ class SagaHost:
                 f"the runtime stopped; saga {saga_id!r} is durable and runs at the next start"
             ) from exc
 
-    async def activate(self, saga_id: str, saga_name: str | None, *, wake: bool = False) -> None:
-        """Bring a passivated saga back (or tell its live actor): a timer or a signal."""
+    async def activate(
+        self, saga_id: str, saga_name: str | None, *, wake: bool = False, claimed: bool = False
+    ) -> None:
+        """Bring a passivated saga back (or tell its live actor): a timer or a signal.
+
+        On a shared store the saga is claimed first (unless `claimed`); if
+        another live runtime owns it, that runtime was notified and this
+        one does nothing.
+        """
         ref = self.supervisor.get(saga_id)
         nudges = self._nudges.get(saga_id)
         if ref is not None and nudges is not None:
@@ -145,15 +159,58 @@ class SagaHost:
             with contextlib.suppress(MailboxFullError, ActorStoppedError):
                 ref.tell_nowait(WakeUp() if wake else Nudge())
             return
-        if saga_name is None:
-            saga_name = (await self._store.load(saga_id)).saga_name
-        saga = self._sagas.get(saga_name)
-        if saga is None:
-            logger.warning("saga %r is a %r saga, unknown to this runtime", saga_id, saga_name)
+        if self.shared is not None and not claimed and not await self.shared.claim(saga_id):
             return
-        await self.start(saga, saga_id, None, wake=wake)
+        try:
+            if saga_name is None:
+                saga_name = (await self._store.load(saga_id)).saga_name
+            saga = self._sagas.get(saga_name)
+            if saga is None:
+                logger.warning("saga %r is a %r saga, unknown to this runtime", saga_id, saga_name)
+                if self.shared is not None:
+                    self.shared.release(saga_id)  # a runtime that knows it may take it
+                return
+            await self.start(saga, saga_id, None, wake=wake)
+        except BaseException:
+            if self.shared is not None and not self.is_live(saga_id):
+                self.shared.release(saga_id)
+            raise
 
-    async def nudge(self, saga_id: str, saga_name: str, *, cancel: bool) -> None:
+    def _on_notice(self, notice: Notice) -> None:
+        """Another runtime wrote for us through the shared store (called by the store)."""
+        if self._task_group is None:
+            return
+        if notice.saga_id is None:
+            self.claims_wanted.set()
+        else:
+            self._task_group.start_soon(self._nudge_quietly, notice.saga_id, notice.cancel)
+
+    async def _nudge_quietly(self, saga_id: str, cancel: bool) -> None:
+        try:
+            await self.nudge(saga_id, None, cancel=cancel)
+        except Exception:
+            # The sweep for orphans brings it back if this runtime could not.
+            logger.exception("could not act on a notice for saga %r", saga_id)
+
+    async def claim_loop(self) -> None:
+        """On a shared store: take over sagas with work and no live owner, now and then."""
+        shared = self.shared
+        assert shared is not None
+        while True:
+            try:
+                while True:
+                    page = await shared.claim_orphans(self._clock.now(), 200)
+                    for orphan in page:
+                        await self.activate(orphan.saga_id, orphan.saga_name, claimed=True)
+                    if len(page) < 200:
+                        break
+            except Exception:
+                logger.exception("the sweep for orphaned sagas failed; it runs again shortly")
+            with anyio.move_on_after(shared.poll_interval):
+                await self.claims_wanted.wait()
+            self.claims_wanted = anyio.Event()
+
+    async def nudge(self, saga_id: str, saga_name: str | None, *, cancel: bool) -> None:
         """New items are durable in the saga's inbox: have them applied."""
         nudges = self._nudges.get(saga_id)
         ref = self.supervisor.get(saga_id)
@@ -175,6 +232,8 @@ class SagaHost:
             del self._nudges[saga_id]
         if error is None:
             self._retry_delays.pop(saga_id, None)
+            if self.shared is not None:
+                self.shared.release(saga_id)
         waiter = self._waiters.pop(saga_id, None)
         if waiter is not None:
             waiter.done.set()
@@ -202,16 +261,20 @@ class SagaHost:
             self._waiters[saga_id] = _Waiter()
 
     async def _try_again(self, saga_id: str, delay: float) -> None:
-        await anyio.sleep(delay)  # real time: the store's trouble is real
-        try:
-            await self.activate(saga_id, None)
-        except Exception:
-            logger.exception(
-                "saga %r could not be restarted; it resumes at the next start", saga_id
-            )
+        while True:
+            await anyio.sleep(delay)  # real time: the store's trouble is real
+            try:
+                await self.activate(saga_id, None)
+                return
+            except Exception:
+                delay = min(60.0, 2 * delay)
+                logger.exception("saga %r could not be restarted; trying in %.1f s", saga_id, delay)
 
     async def _on_escalate(self, saga_id: str, error: Exception) -> None:
         reason = f"its actor kept crashing; last error: {type(error).__name__}: {error}"
+        if isinstance(error, LeaseLostError):
+            logger.warning("saga %r dropped: another runtime took it over (%s)", saga_id, error)
+            return
         try:
             stored = await self._store.load(saga_id)
             saga = self._sagas[stored.saga_name]
@@ -223,6 +286,8 @@ class SagaHost:
             await self._store.quarantine(saga_id, str(exc))
         except InvalidTransitionError:
             pass  # it ended or was suspended meanwhile
+        except LeaseLostError as exc:
+            logger.warning("saga %r dropped: another runtime took it over (%s)", saga_id, exc)
         except Exception:
             # The store is failing (full, locked): nothing is lost, the snapshot holds
             # the saga. Pause it, then let it try again, waiting longer each time.

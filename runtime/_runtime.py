@@ -59,6 +59,19 @@ logger = logging.getLogger("runtime")
 Output = dict[str, Any]
 
 
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _postgres_store(dsn: str) -> Store:
+    try:
+        from ._pg_store import PostgresStore
+    except ImportError as exc:
+        raise ImportError(
+            "a postgresql:// database needs asyncpg: pip install 'sagaloop[postgres]'"
+        ) from exc
+    return PostgresStore(dsn)
+
+
 DEFAULT_SUPERVISION = RestartWithBackoff(
     min_backoff=0.05, max_backoff=5.0, random_factor=0.2, max_restarts=5, within=60.0
 )
@@ -109,10 +122,10 @@ class Runtime:
             self._sagas[saga.name] = saga
         if max_recoveries < 0:
             raise ValueError("max_recoveries must be >= 0")
-        if isinstance(database, str | os.PathLike):
-            self._store: Store = SqliteStore(
-                database, synchronous=synchronous, busy_timeout=busy_timeout
-            )
+        if isinstance(database, str) and database.startswith(_POSTGRES_SCHEMES):
+            self._store: Store = _postgres_store(database)
+        elif isinstance(database, str | os.PathLike):
+            self._store = SqliteStore(database, synchronous=synchronous, busy_timeout=busy_timeout)
         else:
             self._store = database
         if keep_warm < 0:
@@ -156,8 +169,10 @@ class Runtime:
             await stack.enter_async_context(self._host.supervisor)
             self._stack = stack
             for saga in await self._store.runnable():
-                await self._host.activate(saga.saga_id, saga.saga_name)
+                await self._host.activate(saga.saga_id, saga.saga_name, claimed=True)
             task_group.start_soon(self._host.timers.run, name="sagaloop-timers")
+            if self._host.shared is not None:
+                task_group.start_soon(self._host.claim_loop, name="sagaloop-claims")
         except BaseException:
             self._stack = None
             self._host.close()
@@ -255,6 +270,8 @@ class Runtime:
         `CorruptSagaError` if its snapshot cannot be decoded.
         """
         self._check_running()
+        if self._host.shared is not None:
+            await self._host.shared.claim(saga_id)  # a suspended saga is anyone's to resume
         stored = await self._store.load(saga_id)
         if stored.state.status is not SagaStatus.SUSPENDED:
             raise SagaSuspendedError(
@@ -380,7 +397,13 @@ class Runtime:
                 stored = await self._store.load(saga_id)
                 if stored.state.status.is_terminal:
                     return self._outcome(stored.state)
-            final = await self._host.wait(saga_id)
+            if self._host.shared is not None and not self._host.is_live(saga_id):
+                # Another runtime may be driving it: look again every poll interval.
+                final = None
+                with anyio.move_on_after(self._host.shared.poll_interval):
+                    final = await self._host.wait(saga_id)
+            else:
+                final = await self._host.wait(saga_id)
             if final is not None and final.status.is_terminal:
                 return self._outcome(final)
 

@@ -34,7 +34,7 @@ from ._clock import Clock
 from ._commands import Command, Finish, RunCompensation, RunStep
 from ._context import StepContext
 from ._definition import Saga
-from ._errors import CorruptSagaError
+from ._errors import CorruptSagaError, LeaseLostError
 from ._events import (
     CancelRequested,
     Event,
@@ -241,12 +241,22 @@ class SagaActor(Actor[SagaMessage]):
             old = self.state
             new, commands = transition(self._saga, old, event)
             if new is not old:
-                await self._deps.store.save(new, event, consumed=consumed)
+                try:
+                    await self._deps.store.save(new, event, consumed=consumed)
+                except LeaseLostError as exc:
+                    await self._drop(exc)
+                    return
                 self._state = new
             fresh_intent = not isinstance(event, Recovered | Resumed)
             outcome = await self._carry_out(commands, fresh_intent)
             if outcome is not None:
                 queue.appendleft((outcome, None))
+
+    async def _drop(self, lost: LeaseLostError) -> None:
+        """Another runtime owns the saga now (a shared store fenced this one off): let go."""
+        logger.warning("saga %r dropped by this runtime: %s", self._saga_id, lost)
+        self.stop()
+        await self._deps.on_stopped(self._saga_id, None)
 
     def _inbox_event(self, item: InboxItem) -> Event:
         now = self._deps.clock.now()

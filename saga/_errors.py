@@ -50,6 +50,14 @@ class StaleStateError(StoreError):
     """Raised by `Store.save` when the stored snapshot moved on: another writer owns the saga."""
 
 
+class LeaseLostError(StaleStateError):
+    """Raised by a shared store's `save` when another runtime has taken the saga over.
+
+    This runtime's lease lapsed (a pause, a partition) and the saga's epoch
+    moved on: the write is refused, and this runtime must drop the saga.
+    """
+
+
 class CorruptSagaError(StoreError):
     """Raised by `Store.load` when a stored snapshot cannot be decoded."""
 

@@ -9,9 +9,9 @@ runtime that lost its lease: `save` raises `StaleStateError` then.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from ._events import Event
 from ._model import SagaState
@@ -69,6 +69,18 @@ class DueSaga:
     saga_id: str
     saga_name: str
     wake_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A wake-up from another runtime, through a shared store.
+
+    `saga_id` has new inbox items (`cancel`: one is a cancellation); None
+    means "look for sagas to claim now" (a runtime handed its sagas back).
+    """
+
+    saga_id: str | None
+    cancel: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,4 +166,47 @@ class Store(Protocol):
 
     async def quarantine(self, saga_id: str, reason: str) -> None:
         """Mark a saga whose snapshot cannot be decoded as suspended, keeping the row as is."""
+        ...
+
+
+@runtime_checkable
+class SharedStore(Store, Protocol):
+    """A store several runtimes share (PostgreSQL): each saga has at most one owner.
+
+    A runtime drives a saga only while it owns it: it created it, or
+    claimed it. Claiming bumps the saga's epoch, and every `save` is
+    conditional on the epoch its runtime holds, so a runtime that lost its
+    lease (paused past it) can write nothing more: `save` raises
+    `LeaseLostError`. Ownership lives in the database, leases run on the
+    database's clock.
+    """
+
+    @property
+    def runtime_id(self) -> str:
+        """This runtime's owner id in the store."""
+        ...
+
+    @property
+    def poll_interval(self) -> float:
+        """Seconds between sweeps for orphaned sagas (the fallback when a notice is lost)."""
+        ...
+
+    async def claim(self, saga_id: str) -> bool:
+        """Take `saga_id` over unless a live runtime owns it (or it ended): True if now ours.
+
+        A suspended saga can be claimed from any owner (an operator resumes it).
+        """
+        ...
+
+    def release(self, saga_id: str) -> None:
+        """Hand a saga back (its actor passivated or stopped). Best effort, not awaited."""
+        ...
+
+    async def claim_orphans(self, now: float, limit: int) -> Sequence[UnfinishedSaga]:
+        """Claim live sagas with work to do that no live runtime owns: runnable ones,
+        ones due by `now`, ones with inbox items."""
+        ...
+
+    def on_notice(self, handler: Callable[[Notice], None]) -> None:
+        """Call `handler` for each notice from another runtime (set once, before use)."""
         ...

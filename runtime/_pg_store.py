@@ -1,0 +1,573 @@
+"""`PostgresStore`: one PostgreSQL database shared by several runtimes.
+
+The database does all the coordination; runtimes never talk to each other.
+
+- Ownership: each runtime has a row in `runtimes` with a lease on the
+  database's clock, renewed in the background. A live saga belongs to the
+  runtime that created or claimed it; claiming bumps the saga's epoch, and
+  every transition is written only if the epoch still matches (fencing).
+- Claiming: runtimes sweep for sagas with work and no live owner (their
+  owner's lease lapsed, or it handed them back) with `FOR UPDATE SKIP
+  LOCKED`, so two sweeps never take the same saga.
+- Wake-ups: a signal or cancellation for a saga owned elsewhere sends its
+  owner a `NOTIFY` in the transaction that makes it durable; sweeps every
+  `poll_interval` are the fallback for a lost notice.
+- Writes: group commit, as on SQLite (`_pg_writer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Self
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from saga import (
+    DueSaga,
+    Event,
+    HistoryEntry,
+    InboxItem,
+    LeaseLostError,
+    Notice,
+    SagaNotFound,
+    SagaRow,
+    SagaState,
+    StoredSaga,
+    StoreError,
+    UnfinishedSaga,
+)
+
+from ._codec import decode_event
+from ._errors import SchemaVersionError
+from ._pg_schema import LIVE, MIGRATION_LOCK_KEY, MIGRATIONS, SCHEMA_VERSION, check_schema_name
+from ._pg_writer import PgBatch, PgCreate, PgDeliver, PgSave, commit_batch
+from ._sqlite_store import StoreClosedError
+from ._sqlite_writer import stored_saga
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+
+logger = logging.getLogger("runtime.postgres")
+
+_CONNECTION_TROUBLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+_OWNER_IS_GONE = """(s.owner IS NULL OR NOT EXISTS (
+    SELECT 1 FROM runtimes r WHERE r.runtime_id = s.owner AND r.lease_until > clock_timestamp()))"""
+"""SQL: saga `s` has no owner with a live lease."""
+
+_CLAIM = f"""
+UPDATE sagas s SET owner = $1, epoch = s.epoch + 1
+WHERE s.saga_id = $2 AND s.status NOT IN ('completed', 'compensated', 'failed')
+  AND (s.owner = $1 OR s.status = 'suspended' OR {_OWNER_IS_GONE})
+RETURNING s.epoch
+"""
+
+_CLAIM_ORPHANS = f"""
+WITH candidates AS (
+    SELECT saga_id FROM sagas WHERE runnable AND status IN {LIVE}
+    UNION
+    SELECT saga_id FROM sagas WHERE wake_at <= $2 AND wake_at IS NOT NULL AND status IN {LIVE}
+    UNION
+    SELECT DISTINCT saga_id FROM inbox
+), picked AS (
+    SELECT s.saga_id FROM sagas s JOIN candidates c USING (saga_id)
+    WHERE s.status IN {LIVE} AND {_OWNER_IS_GONE}
+    LIMIT $3
+    FOR UPDATE OF s SKIP LOCKED
+)
+UPDATE sagas s SET owner = $1, epoch = s.epoch + 1
+FROM picked WHERE s.saga_id = picked.saga_id
+RETURNING s.saga_id, s.saga_name, s.epoch
+"""
+
+_RENEW = """
+WITH before AS (SELECT lease_until FROM runtimes WHERE runtime_id = $1)
+UPDATE runtimes SET lease_until = clock_timestamp() + $2 * interval '1 second'
+WHERE runtime_id = $1
+RETURNING (SELECT extract(epoch FROM clock_timestamp() - lease_until) FROM before)
+"""
+
+
+class PostgresStore:
+    """A `SharedStore` on PostgreSQL (`pip install 'sagaloop[postgres]'`).
+
+    `dsn` is a `postgresql://` URL. `schema` is the PostgreSQL schema that
+    holds Sagaloop's tables (created if missing). `lease` is how long, in
+    seconds of the database's clock, a runtime keeps its sagas without
+    renewing its lease (renewed every `lease / 3`); a runtime that dies has
+    its sagas taken over within about `lease + poll_interval`.
+    `poll_interval` is the period of the sweep for orphaned and due sagas
+    (notices make most wake-ups immediate). `pool_size` bounds the
+    connections this runtime opens (plus one for notices).
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "sagaloop",
+        lease: float = 5.0,
+        poll_interval: float = 1.0,
+        pool_size: int = 8,
+        name: str | None = None,
+    ) -> None:
+        if lease <= 0 or poll_interval <= 0:
+            raise ValueError("lease and poll_interval must be positive")
+        if pool_size < 2:
+            raise ValueError("pool_size must be at least 2")
+        self.dsn = dsn
+        self.schema = check_schema_name(schema)
+        self.lease = lease
+        self._poll_interval = poll_interval
+        self._pool_size = pool_size
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self._runtime_id = f"rt{uuid.uuid4().hex[:20]}"
+        self._pool: asyncpg.Pool | None = None
+        self._epochs: dict[str, int] = {}
+        self._notice_handler: Callable[[Notice], None] | None = None
+        self._batch = PgBatch()
+        self._has_work = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self.batches_committed = 0
+        self.lease_lapses = 0
+
+    # -- SharedStore properties -------------------------------------------
+
+    @property
+    def runtime_id(self) -> str:
+        return self._runtime_id
+
+    @property
+    def poll_interval(self) -> float:
+        return self._poll_interval
+
+    @property
+    def channel_prefix(self) -> str:
+        return self.schema
+
+    def _channel(self, runtime_id: str) -> str:
+        return f"{self.schema}_{runtime_id}"
+
+    @property
+    def _broadcast(self) -> str:
+        return f"{self.schema}_all"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._closing = False
+        try:
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=2,
+                max_size=self._pool_size,
+                server_settings={"search_path": self.schema, "application_name": "sagaloop"},
+            )
+            async with self._pool.acquire() as conn:
+                await self._migrate(conn)
+                await conn.execute(
+                    "INSERT INTO runtimes (runtime_id, name, lease_until) "
+                    "VALUES ($1, $2, clock_timestamp() + $3 * interval '1 second')",
+                    self._runtime_id,
+                    self.name,
+                    self.lease,
+                )
+        except BaseException:
+            await self._close_pool()
+            raise
+        loop_tasks = (
+            (self._write_loop, "writer"),
+            (self._renew_loop, "lease"),
+            (self._listen_loop, "notices"),
+        )
+        for target, label in loop_tasks:
+            self._tasks.append(asyncio.create_task(target(), name=f"sagaloop-pg-{label}"))
+        logger.info("runtime %s (%s) joined %s", self._runtime_id, self.name, self.schema)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        self._has_work.set()  # the writer flushes what is queued, then stops
+        writer, *others = self._tasks
+        self._tasks = []
+        try:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(writer)
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
+            await self._hand_back()
+        finally:
+            await self._close_pool()
+
+    async def _hand_back(self) -> None:
+        """A clean stop: give every saga back and let the others sweep at once."""
+        pool = self._pool
+        if pool is None:
+            return
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "UPDATE sagas SET owner = NULL WHERE owner = $1", self._runtime_id
+                )
+                await conn.execute("DELETE FROM runtimes WHERE runtime_id = $1", self._runtime_id)
+                await conn.execute("SELECT pg_notify($1, 'sweep')", self._broadcast)
+        except _CONNECTION_TROUBLE as exc:
+            logger.warning(
+                "could not hand sagas back (%s); they are taken over at lease expiry", exc
+            )
+        self._epochs.clear()
+
+    async def _close_pool(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), timeout=5)
+            except (TimeoutError, OSError, asyncpg.PostgresError):
+                pool.terminate()
+
+    async def _migrate(self, conn: Connection) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
+            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
+            )
+            current = await conn.fetchval("SELECT max(version) FROM schema_version") or 0
+            if current > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"schema {self.schema} has version {current}; this Sagaloop knows up to "
+                    f"{SCHEMA_VERSION}"
+                )
+            for version in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[version]:
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+
+    def _conn_pool(self) -> asyncpg.Pool:
+        if self._pool is None or self._closing:
+            raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
+        return self._pool
+
+    # -- background: lease, notices ----------------------------------------
+
+    async def _renew_loop(self) -> None:
+        delay = self.lease / 3
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._renew()
+                delay = self.lease / 3
+            except _CONNECTION_TROUBLE as exc:
+                delay = min(self.lease / 3, 0.5)
+                logger.warning("could not renew the lease of runtime %s: %s", self._runtime_id, exc)
+
+    async def _renew(self) -> None:
+        async with self._conn_pool().acquire() as conn:
+            overdue = await conn.fetchval(_RENEW, self._runtime_id, self.lease)
+            if overdue is None:
+                # Our row is gone (an operator removed it): join again.
+                await conn.execute(
+                    "INSERT INTO runtimes (runtime_id, name, lease_until) "
+                    "VALUES ($1, $2, clock_timestamp() + $3 * interval '1 second') "
+                    "ON CONFLICT (runtime_id) DO UPDATE SET lease_until = excluded.lease_until",
+                    self._runtime_id,
+                    self.name,
+                    self.lease,
+                )
+        if overdue is not None and overdue > 0:
+            self.lease_lapses += 1
+            logger.warning(
+                "runtime %s renewed its lease %.1f s after it lapsed: other runtimes may have "
+                "taken some of its sagas over; this runtime drops each such saga at its next write",
+                self._runtime_id,
+                float(overdue),
+            )
+
+    def on_notice(self, handler: Callable[[Notice], None]) -> None:
+        self._notice_handler = handler
+
+    def _notify_handler(self, notice: Notice) -> None:
+        if self._notice_handler is not None:
+            self._notice_handler(notice)
+
+    def _on_notification(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        if not isinstance(payload, str):
+            return
+        if payload == "sweep":
+            self._notify_handler(Notice(None))
+        elif payload[:2] in ("n:", "c:"):
+            self._notify_handler(Notice(payload[2:], cancel=payload[0] == "c"))
+
+    async def _listen_loop(self) -> None:
+        """Keep one connection LISTENing; after any reconnection, sweep (notices were missed)."""
+        delay = 0.1
+        channels = (self._channel(self._runtime_id), self._broadcast)
+        while True:
+            conn: Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn)
+                for channel in channels:
+                    await conn.add_listener(channel, self._on_notification)
+                lost = asyncio.Event()
+                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                self._notify_handler(Notice(None))
+                delay = 0.1
+                while not lost.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), timeout=self.lease)
+                    if not lost.is_set():
+                        await conn.execute("SELECT 1")  # notices a silently dead socket
+            except _CONNECTION_TROUBLE as exc:
+                logger.warning("notice connection lost (%s); reconnecting in %.1f s", exc, delay)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), timeout=1)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    # -- ownership ---------------------------------------------------------
+
+    async def claim(self, saga_id: str) -> bool:
+        rows = await self._fetch(_CLAIM, self._runtime_id, saga_id)
+        if not rows:
+            return False
+        epoch: int = rows[0][0]
+        self._epochs[saga_id] = epoch
+        return True
+
+    def release(self, saga_id: str) -> None:
+        epoch = self._epochs.pop(saga_id, None)
+        if epoch is None or self._closing or self._pool is None:
+            return
+        self._batch.releases.append((saga_id, epoch))
+        self._has_work.set()
+
+    async def claim_orphans(self, now: float, limit: int) -> Sequence[UnfinishedSaga]:
+        rows = await self._fetch(_CLAIM_ORPHANS, self._runtime_id, now, limit)
+        for row in rows:
+            self._epochs[row["saga_id"]] = row["epoch"]
+        return [UnfinishedSaga(row["saga_id"], row["saga_name"]) for row in rows]
+
+    def holds(self, saga_id: str) -> bool:
+        """Whether this runtime holds `saga_id` (as far as it knows)."""
+        return saga_id in self._epochs
+
+    # -- writes: group commit ----------------------------------------------
+
+    def _enqueue(self) -> PgBatch:
+        if self._pool is None or self._closing:
+            raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
+        self._has_work.set()
+        return self._batch
+
+    async def _wait(self, batch: PgBatch) -> None:
+        await batch.done.wait()
+        if batch.failure is not None:
+            raise StoreError(f"write to PostgreSQL failed: {batch.failure}") from batch.failure
+
+    async def create(self, saga: StoredSaga, event: Event) -> StoredSaga | None:
+        op = PgCreate(saga, event)
+        batch = self._enqueue()
+        batch.creates.append(op)
+        await self._wait(batch)
+        if op.error is not None:
+            raise op.error
+        if op.existing is None:
+            self._epochs[saga.saga_id] = 1
+        return op.existing
+
+    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
+        epoch = self._epochs.get(state.saga_id)
+        if epoch is None:
+            raise LeaseLostError(f"saga {state.saga_id!r} is not held by this runtime")
+        op = PgSave(state, event, epoch, consumed)
+        batch = self._enqueue()
+        batch.saves.append(op)
+        await self._wait(batch)
+        if op.error is not None:
+            if isinstance(op.error, LeaseLostError) and self._epochs.get(state.saga_id) == epoch:
+                del self._epochs[state.saga_id]
+            raise op.error
+        if not state.status.is_live and self._epochs.get(state.saga_id) == epoch:
+            del self._epochs[state.saga_id]  # ended or suspended: the row has no owner now
+
+    async def deliver(self, item: InboxItem) -> bool:
+        op = PgDeliver(item)
+        batch = self._enqueue()
+        batch.deliveries.append(op)
+        await self._wait(batch)
+        if op.error is not None:
+            raise op.error
+        return op.accepted
+
+    async def quarantine(self, saga_id: str, reason: str) -> None:
+        batch = self._enqueue()
+        batch.quarantines.append((saga_id, reason))
+        await self._wait(batch)
+        self._epochs.pop(saga_id, None)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                await self._has_work.wait()
+                self._has_work.clear()
+                batch, self._batch = self._batch, PgBatch()
+                if len(batch):
+                    try:
+                        await asyncio.shield(self._commit(batch))
+                    except Exception as exc:
+                        batch.failure = exc
+                    batch.done.set()
+                if self._closing and not len(self._batch):
+                    return
+        finally:
+            pending = self._batch
+            if len(pending):
+                pending.failure = StoreClosedError("PostgreSQL store closed before this write")
+                pending.done.set()
+
+    async def _commit(self, batch: PgBatch) -> None:
+        async with self._conn_pool_for_writes().acquire() as conn:
+            await commit_batch(conn, batch, self._runtime_id, self.schema)
+        self.batches_committed += 1
+
+    def _conn_pool_for_writes(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
+        return self._pool
+
+    # -- reads -------------------------------------------------------------
+
+    async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
+        try:
+            async with self._conn_pool().acquire() as conn:
+                rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
+                return rows
+        except _CONNECTION_TROUBLE as exc:
+            raise StoreError(f"PostgreSQL read failed: {exc}") from exc
+
+    async def load(self, saga_id: str) -> StoredSaga:
+        rows = await self._fetch(
+            "SELECT saga_name, input, snapshot, seq FROM sagas WHERE saga_id = $1", saga_id
+        )
+        if not rows:
+            raise SagaNotFound(saga_id)
+        saga_name, input_text, snapshot, seq = rows[0]
+        return stored_saga(saga_id, saga_name, input_text, snapshot, seq)
+
+    async def history(self, saga_id: str) -> Sequence[HistoryEntry]:
+        rows = await self._fetch(
+            "SELECT seq, event FROM history WHERE saga_id = $1 ORDER BY seq", saga_id
+        )
+        if not rows and not await self._fetch("SELECT 1 FROM sagas WHERE saga_id = $1", saga_id):
+            raise SagaNotFound(saga_id)
+        return [HistoryEntry(seq, decode_event(saga_id, event)) for seq, event in rows]
+
+    async def inbox(self, saga_id: str) -> Sequence[InboxItem]:
+        rows = await self._fetch(
+            "SELECT id, kind, name, payload, key, at FROM inbox WHERE saga_id = $1 ORDER BY id",
+            saga_id,
+        )
+        return [
+            InboxItem(row_id, saga_id, kind, name, payload.encode(), key, at)
+            for row_id, kind, name, payload, key, at in rows
+        ]
+
+    async def unfinished(self) -> Sequence[UnfinishedSaga]:
+        rows = await self._fetch(
+            f"SELECT saga_id, saga_name FROM sagas WHERE status IN {LIVE} ORDER BY created_at"
+        )
+        return [UnfinishedSaga(saga_id, saga_name) for saga_id, saga_name in rows]
+
+    async def quarantine_reason(self, saga_id: str) -> str | None:
+        """Why a saga was quarantined (its snapshot could not be decoded), if it was."""
+        rows = await self._fetch("SELECT error FROM sagas WHERE saga_id = $1", saga_id)
+        if not rows:
+            raise SagaNotFound(saga_id)
+        reason: str | None = rows[0][0]
+        return reason
+
+    async def runnable(self) -> Sequence[UnfinishedSaga]:
+        """Claims (and returns) the sagas with work that no live runtime owns, page by page."""
+        claimed: list[UnfinishedSaga] = []
+        while True:
+            page = await self.claim_orphans(float("-inf"), 500)
+            claimed.extend(page)
+            if len(page) < 500:
+                return claimed
+
+    async def due(
+        self, now: float, *, after: tuple[float, str] | None = None, limit: int = 500
+    ) -> Sequence[DueSaga]:
+        sql = (
+            "SELECT s.saga_id, s.saga_name, s.wake_at FROM sagas s "
+            f"WHERE s.wake_at IS NOT NULL AND s.wake_at <= $1 AND s.status IN {LIVE} "
+            f"AND (s.owner = $2 OR {_OWNER_IS_GONE})"
+        )
+        args: list[object] = [now, self._runtime_id]
+        if after is not None:
+            sql += " AND (s.wake_at, s.saga_id) > ($3, $4)"
+            args += [after[0], after[1]]
+        sql += f" ORDER BY s.wake_at, s.saga_id LIMIT ${len(args) + 1}"
+        rows = await self._fetch(sql, *args, limit)
+        return [DueSaga(saga_id, saga_name, wake_at) for saga_id, saga_name, wake_at in rows]
+
+    async def next_wake_at(self, after: float | None = None) -> float | None:
+        sql = (
+            f"SELECT min(s.wake_at) FROM sagas s WHERE s.wake_at IS NOT NULL "
+            f"AND s.status IN {LIVE} AND (s.owner = $1 OR {_OWNER_IS_GONE})"
+        )
+        args: list[object] = [self._runtime_id]
+        if after is not None:
+            sql += " AND s.wake_at > $2"
+            args.append(after)
+        rows = await self._fetch(sql, *args)
+        value: float | None = rows[0][0] if rows else None
+        return value
+
+    async def list_sagas(
+        self,
+        *,
+        saga_name: str | None = None,
+        status: str | None = None,
+        waiting_for: str | None = None,
+        after: str | None = None,
+        limit: int = 100,
+    ) -> Sequence[SagaRow]:
+        clauses: list[str] = []
+        args: list[object] = []
+        for column, value in (
+            ("status", status),
+            ("saga_name", saga_name),
+            ("waiting_for", waiting_for),
+        ):
+            if value is not None:
+                args.append(value)
+                clauses.append(f"{column} = ${len(args)}")
+        if after is not None:
+            args.append(after)
+            clauses.append(f"saga_id > ${len(args)}")
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        args.append(limit)
+        rows = await self._fetch(
+            "SELECT saga_id, saga_name, status, waiting_for, wake_at, updated_at FROM sagas "
+            f"{where} ORDER BY saga_id LIMIT ${len(args)}",
+            *args,
+        )
+        return [SagaRow(*row) for row in rows]

@@ -1,0 +1,304 @@
+"""The write side of the PostgreSQL store: one transaction per batch of writes.
+
+Every pending write (new sagas, transitions, deliveries, hand-backs) joins
+the current batch; `commit_batch` writes a whole batch in one transaction
+with one statement per kind of write (arrays through `unnest`), so a
+hundred sagas share one commit and a handful of round trips.
+
+Each transition is conditional on the saga's `seq` and on the epoch this
+runtime holds (fencing): a runtime that lost a saga to another one writes
+nothing for it, and learns why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from saga import (
+    CorruptSagaError,
+    Event,
+    InboxItem,
+    LeaseLostError,
+    SagaEndedError,
+    SagaNotFound,
+    SagaState,
+    StaleStateError,
+    StoredSaga,
+)
+
+from ._codec import encode_event, encode_state
+from ._pg_schema import TERMINAL
+from ._sqlite_writer import stored_saga
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+
+
+@dataclass(slots=True, eq=False)
+class PgCreate:
+    saga: StoredSaga
+    event: Event
+    existing: StoredSaga | None = None
+    error: Exception | None = None
+
+
+@dataclass(slots=True, eq=False)
+class PgSave:
+    state: SagaState
+    event: Event
+    epoch: int
+    consumed: int | None = None
+    error: Exception | None = None
+
+
+@dataclass(slots=True, eq=False)
+class PgDeliver:
+    item: InboxItem
+    accepted: bool = False
+    error: Exception | None = None
+
+
+@dataclass(slots=True, eq=False)
+class PgBatch:
+    creates: list[PgCreate] = field(default_factory=list)
+    saves: list[PgSave] = field(default_factory=list)
+    deliveries: list[PgDeliver] = field(default_factory=list)
+    releases: list[tuple[str, int]] = field(default_factory=list)
+    quarantines: list[tuple[str, str]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: BaseException | None = None
+
+    def __len__(self) -> int:
+        return (
+            len(self.creates)
+            + len(self.saves)
+            + len(self.deliveries)
+            + len(self.releases)
+            + len(self.quarantines)
+        )
+
+
+_CREATE = """
+WITH v AS (
+    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
+                         $7::text[], $8::float8[], $9::bool[], $10::text[], $11::float8[],
+                         $12::float8[], $13::float8[], $14::text[])
+        AS v(saga_id, saga_name, status, seq, input, snapshot, wake_at, runnable,
+             waiting_for, created_at, updated_at, at, event)
+), ins AS (
+    INSERT INTO sagas (saga_id, saga_name, status, seq, input, snapshot, wake_at, runnable,
+                       waiting_for, owner, epoch, created_at, updated_at)
+    SELECT saga_id, saga_name, status, seq, input, snapshot, wake_at, runnable,
+           waiting_for, $1, 1, created_at, updated_at FROM v
+    ON CONFLICT (saga_id) DO NOTHING
+    RETURNING saga_id
+), hist AS (
+    INSERT INTO history (saga_id, seq, at, event)
+    SELECT v.saga_id, v.seq, v.at, v.event FROM v JOIN ins USING (saga_id)
+)
+SELECT saga_id FROM ins
+"""
+
+_SAVE = f"""
+WITH v AS (
+    SELECT * FROM unnest($2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                         $7::float8[], $8::bool[], $9::text[], $10::float8[], $11::float8[],
+                         $12::text[], $13::bigint[])
+        AS v(saga_id, seq, epoch, snapshot, status, wake_at, runnable, waiting_for,
+             updated_at, at, event, consumed)
+), upd AS (
+    UPDATE sagas s
+    SET snapshot = v.snapshot, status = v.status, seq = v.seq, wake_at = v.wake_at,
+        runnable = v.runnable, waiting_for = v.waiting_for, updated_at = v.updated_at,
+        -- a saga that ended or was suspended needs no owner: hand it back at once
+        owner = CASE WHEN v.status IN {TERMINAL} OR v.status = 'suspended'
+                     THEN NULL ELSE s.owner END
+    FROM v
+    WHERE s.saga_id = v.saga_id AND s.seq = v.seq - 1 AND s.epoch = v.epoch AND s.owner = $1
+    RETURNING s.saga_id
+), hist AS (
+    INSERT INTO history (saga_id, seq, at, event)
+    SELECT v.saga_id, v.seq, v.at, v.event FROM v JOIN upd USING (saga_id)
+), applied AS (
+    DELETE FROM inbox i USING v JOIN upd USING (saga_id)
+    WHERE i.id = v.consumed AND i.saga_id = v.saga_id
+)
+SELECT saga_id FROM upd
+"""
+
+_DELIVER = f"""
+WITH s AS (
+    SELECT saga_id, status, owner FROM sagas WHERE saga_id = $2
+), ins AS (
+    INSERT INTO inbox (saga_id, kind, name, payload, key, at)
+    SELECT $2, $3, $4, $5, $6, $7 FROM s WHERE s.status NOT IN {TERMINAL}
+    ON CONFLICT (saga_id, kind, key) WHERE key IS NOT NULL DO NOTHING
+    RETURNING id
+), told AS (
+    -- the owner hears of it when this commits, so the item is durable by then
+    SELECT pg_notify($8 || '_' || s.owner, $9 || s.saga_id) FROM s
+    WHERE s.owner IS NOT NULL AND s.owner <> $1 AND EXISTS (SELECT 1 FROM ins)
+)
+SELECT s.status, (SELECT count(*) FROM ins) AS accepted, (SELECT count(*) FROM told)
+FROM s
+"""
+
+_RELEASE = """
+UPDATE sagas s SET owner = NULL
+FROM unnest($2::text[], $3::bigint[]) AS v(saga_id, epoch)
+WHERE s.saga_id = v.saga_id AND s.epoch = v.epoch AND s.owner = $1
+"""
+
+_QUARANTINE = "UPDATE sagas SET status = 'suspended', error = $2, owner = NULL WHERE saga_id = $1"
+
+
+async def commit_batch(
+    conn: Connection, batch: PgBatch, runtime_id: str, channel_prefix: str
+) -> None:
+    """Write `batch` in one transaction; per-write refusals land in each op's `error`."""
+    async with conn.transaction():
+        if batch.creates:
+            await _create(conn, batch.creates, runtime_id)
+        if batch.saves:
+            await _save(conn, batch.saves, runtime_id)
+        for op in batch.deliveries:
+            await _deliver(conn, op, runtime_id, channel_prefix)
+        if batch.releases:
+            ids, epochs = zip(*batch.releases, strict=True)
+            await conn.execute(_RELEASE, runtime_id, list(ids), list(epochs))
+        for saga_id, reason in batch.quarantines:
+            await conn.execute(_QUARANTINE, saga_id, reason)
+
+
+async def _create(conn: Connection, creates: list[PgCreate], runtime_id: str) -> None:
+    # One row per id per statement; a duplicate within the batch is answered below.
+    first: dict[str, PgCreate] = {}
+    for op in creates:
+        first.setdefault(op.saga.saga_id, op)
+    columns: list[list[object]] = [[] for _ in range(13)]
+    for op in first.values():
+        saga, state = op.saga, op.saga.state
+        values = (
+            saga.saga_id,
+            saga.saga_name,
+            state.status.value,
+            state.seq,
+            saga.input.decode(),
+            encode_state(state),
+            state.wake_at,
+            state.in_flight,
+            state.waiting_for,
+            state.started_at or op.event.at,
+            state.updated_at or op.event.at,
+            op.event.at,
+            encode_event(op.event),
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    inserted = {row[0] for row in await conn.fetch(_CREATE, runtime_id, *columns)}
+    others = [
+        op for op in creates if op.saga.saga_id not in inserted or first[op.saga.saga_id] is not op
+    ]
+    if not others:
+        return
+    rows = await conn.fetch(
+        "SELECT saga_id, saga_name, input, snapshot, seq FROM sagas WHERE saga_id = ANY($1)",
+        list({op.saga.saga_id for op in others}),
+    )
+    found = {row[0]: row for row in rows}
+    for op in others:
+        row = found.get(op.saga.saga_id)
+        if row is None:  # cannot happen: the row conflicted or was just inserted
+            op.error = StaleStateError(f"saga {op.saga.saga_id!r} vanished while being created")
+            continue
+        try:
+            op.existing = stored_saga(*row)
+        except CorruptSagaError as exc:
+            op.error = exc
+
+
+async def _save(conn: Connection, saves: list[PgSave], runtime_id: str) -> None:
+    # One statement per round; a saga saved twice in one batch (rare) takes two rounds.
+    pending = saves
+    while pending:
+        seen: set[str] = set()
+        this_round: list[PgSave] = []
+        later: list[PgSave] = []
+        for op in pending:
+            saga_id = op.state.saga_id
+            (later if saga_id in seen else this_round).append(op)
+            seen.add(saga_id)
+        await _save_round(conn, this_round, runtime_id)
+        pending = later
+
+
+async def _save_round(conn: Connection, saves: list[PgSave], runtime_id: str) -> None:
+    columns: list[list[object]] = [[] for _ in range(12)]
+    for op in saves:
+        state = op.state
+        values = (
+            state.saga_id,
+            state.seq,
+            op.epoch,
+            encode_state(state),
+            state.status.value,
+            state.wake_at,
+            state.in_flight,
+            state.waiting_for,
+            state.updated_at,
+            op.event.at,
+            encode_event(op.event),
+            op.consumed,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    written = {row[0] for row in await conn.fetch(_SAVE, runtime_id, *columns)}
+    refused = [op for op in saves if op.state.saga_id not in written]
+    if not refused:
+        return
+    rows = await conn.fetch(
+        "SELECT saga_id, seq, epoch, owner FROM sagas WHERE saga_id = ANY($1)",
+        [op.state.saga_id for op in refused],
+    )
+    stored = {row[0]: row for row in rows}
+    for op in refused:
+        saga_id = op.state.saga_id
+        row = stored.get(saga_id)
+        if row is None:
+            op.error = SagaNotFound(saga_id)
+        elif row["epoch"] != op.epoch or row["owner"] != runtime_id:
+            op.error = LeaseLostError(
+                f"saga {saga_id!r} is now held by {row['owner'] or 'no runtime'} at epoch "
+                f"{row['epoch']}; this runtime held epoch {op.epoch}"
+            )
+        else:
+            op.error = StaleStateError(
+                f"saga {saga_id!r}: stored snapshot is #{row['seq']}, "
+                f"this write expected #{op.state.seq - 1}"
+            )
+
+
+async def _deliver(conn: Connection, op: PgDeliver, runtime_id: str, channel_prefix: str) -> None:
+    item = op.item
+    tag = "c:" if item.kind == "cancel" else "n:"
+    row = await conn.fetchrow(
+        _DELIVER,
+        runtime_id,
+        item.saga_id,
+        item.kind,
+        item.name,
+        item.payload.decode(),
+        item.key,
+        item.at,
+        channel_prefix,
+        tag,
+    )
+    if row is None:
+        op.error = SagaNotFound(item.saga_id)
+    elif row["status"] in ("completed", "compensated", "failed"):
+        op.error = SagaEndedError(item.saga_id, row["status"])
+    else:
+        op.accepted = row["accepted"] == 1
