@@ -23,9 +23,9 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -57,7 +57,29 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 
 logger = logging.getLogger("runtime.postgres")
 
+_T = TypeVar("_T")
+
 _CONNECTION_TROUBLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+_RETRYABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, server starting up
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+"""Errors after which the same statement or transaction can safely run again: nothing
+of it committed (a failure at COMMIT itself is `CommitOutcomeUnknown`, never retried)."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, _RETRYABLE):
+        return True
+    # asyncpg reports a connection that died under it as an InterfaceError.
+    return isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc)
+
 
 _OWNER_IS_GONE = """(s.owner IS NULL OR NOT EXISTS (
     SELECT 1 FROM runtimes r WHERE r.runtime_id = s.owner AND r.lease_until > clock_timestamp()))"""
@@ -107,6 +129,9 @@ class PostgresStore:
     `poll_interval` is the period of the sweep for orphaned and due sagas
     (notices make most wake-ups immediate). `pool_size` bounds the
     connections this runtime opens (plus one for notices).
+    `reconnect_timeout` is how long reads and writes wait for a lost
+    server (a restart, a failover) before they fail with `StoreError`:
+    sagas pause meanwhile instead of crashing.
     """
 
     def __init__(
@@ -117,6 +142,7 @@ class PostgresStore:
         lease: float = 5.0,
         poll_interval: float = 1.0,
         pool_size: int = 8,
+        reconnect_timeout: float = 30.0,
         name: str | None = None,
     ) -> None:
         if lease <= 0 or poll_interval <= 0:
@@ -128,6 +154,7 @@ class PostgresStore:
         self.lease = lease
         self._poll_interval = poll_interval
         self._pool_size = pool_size
+        self.reconnect_timeout = reconnect_timeout
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._runtime_id = f"rt{uuid.uuid4().hex[:20]}"
         self._pool: asyncpg.Pool | None = None
@@ -443,9 +470,34 @@ class PostgresStore:
                 pending.done.set()
 
     async def _commit(self, batch: PgBatch) -> None:
-        async with self._conn_pool_for_writes().acquire() as conn:
-            await commit_batch(conn, batch, self._runtime_id, self.schema)
+        async def attempt() -> None:
+            batch.reset()
+            async with self._conn_pool_for_writes().acquire() as conn:
+                await commit_batch(conn, batch, self._runtime_id, self.schema)
+
+        await self._with_reconnect("write", attempt)
         self.batches_committed += 1
+
+    async def _with_reconnect(self, what: str, attempt: Callable[[], Awaitable[_T]]) -> _T:
+        """Run `attempt`, again and again while the server is unreachable, for a while."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.reconnect_timeout
+        delay = 0.05
+        while True:
+            try:
+                return await attempt()
+            except Exception as exc:
+                if not _retryable(exc) or self._pool is None:
+                    raise
+                if loop.time() + delay > deadline:
+                    raise StoreError(
+                        f"PostgreSQL {what} failed for {self.reconnect_timeout:.0f} s: {exc}"
+                    ) from exc
+                logger.warning(
+                    "PostgreSQL %s failed (%s); trying again in %.2f s", what, exc, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
 
     def _conn_pool_for_writes(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -455,10 +507,13 @@ class PostgresStore:
     # -- reads -------------------------------------------------------------
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
-        try:
+        async def attempt() -> list[asyncpg.Record]:
             async with self._conn_pool().acquire() as conn:
                 rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
                 return rows
+
+        try:
+            return await self._with_reconnect("read", attempt)
         except _CONNECTION_TROUBLE as exc:
             raise StoreError(f"PostgreSQL read failed: {exc}") from exc
 

@@ -13,6 +13,7 @@ nothing for it, and learns why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -28,6 +29,7 @@ from saga import (
     SagaState,
     StaleStateError,
     StoredSaga,
+    StoreError,
 )
 
 from ._codec import encode_event, encode_state
@@ -70,6 +72,15 @@ class PgBatch:
     quarantines: list[tuple[str, str]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     failure: BaseException | None = None
+
+    def reset(self) -> None:
+        """Forget the outcome of a failed attempt before the batch is written again."""
+        for create in self.creates:
+            create.existing = create.error = None
+        for save in self.saves:
+            save.error = None
+        for delivery in self.deliveries:
+            delivery.accepted, delivery.error = False, None
 
     def __len__(self) -> int:
         return (
@@ -155,11 +166,21 @@ WHERE s.saga_id = v.saga_id AND s.epoch = v.epoch AND s.owner = $1
 _QUARANTINE = "UPDATE sagas SET status = 'suspended', error = $2, owner = NULL WHERE saga_id = $1"
 
 
+class CommitOutcomeUnknown(StoreError):
+    """The connection failed during COMMIT: the batch may or may not be durable."""
+
+
 async def commit_batch(
     conn: Connection, batch: PgBatch, runtime_id: str, channel_prefix: str
 ) -> None:
-    """Write `batch` in one transaction; per-write refusals land in each op's `error`."""
-    async with conn.transaction():
+    """Write `batch` in one transaction; per-write refusals land in each op's `error`.
+
+    A failure before COMMIT leaves nothing behind (the caller may write the
+    batch again); a failure during it raises `CommitOutcomeUnknown`.
+    """
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
         if batch.creates:
             await _create(conn, batch.creates, runtime_id)
         if batch.saves:
@@ -171,6 +192,14 @@ async def commit_batch(
             await conn.execute(_RELEASE, runtime_id, list(ids), list(epochs))
         for saga_id, reason in batch.quarantines:
             await conn.execute(_QUARANTINE, saga_id, reason)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await transaction.rollback()
+        raise
+    try:
+        await transaction.commit()
+    except Exception as exc:
+        raise CommitOutcomeUnknown(f"PostgreSQL failed during COMMIT: {exc}") from exc
 
 
 async def _create(conn: Connection, creates: list[PgCreate], runtime_id: str) -> None:
@@ -231,6 +260,7 @@ async def _save(conn: Connection, saves: list[PgSave], runtime_id: str) -> None:
             saga_id = op.state.saga_id
             (later if saga_id in seen else this_round).append(op)
             seen.add(saga_id)
+        this_round.sort(key=lambda op: op.state.saga_id)  # one lock order for every writer
         await _save_round(conn, this_round, runtime_id)
         pending = later
 
