@@ -8,7 +8,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev,postgres]'
 	touch $@
 
-.PHONY: demo test check lint typecheck bench bench-waiting bench-growth clean
+.PHONY: demo test check lint typecheck bench bench-waiting bench-growth bench-scale-out clean
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo
 
@@ -34,6 +34,9 @@ bench-waiting: $(BIN)/.installed
 
 bench-growth: $(BIN)/.installed
 	$(BIN)/python -m bench.growth
+
+bench-scale-out: $(BIN)/.installed
+	tests/with_postgres.sh $(BIN)/python -m bench.scale_out
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -59,6 +59,9 @@ logger = logging.getLogger("runtime.postgres")
 
 _T = TypeVar("_T")
 
+_WRITERS = 3
+"""Batches committing at once (each on its own pooled connection)."""
+
 _CONNECTION_TROUBLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _RETRYABLE = (
@@ -450,24 +453,41 @@ class PostgresStore:
         self._epochs.pop(saga_id, None)
 
     async def _write_loop(self) -> None:
+        # Batches of different sagas are independent (each saga awaits its own
+        # write before the next), so a few commit at once: one commits while
+        # the next fills up, hiding the round trips.
+        slots = asyncio.Semaphore(_WRITERS)
+        running: set[asyncio.Task[None]] = set()
         try:
             while True:
                 await self._has_work.wait()
+                await slots.acquire()
                 self._has_work.clear()
                 batch, self._batch = self._batch, PgBatch()
                 if len(batch):
-                    try:
-                        await asyncio.shield(self._commit(batch))
-                    except Exception as exc:
-                        batch.failure = exc
-                    batch.done.set()
+                    task = asyncio.create_task(self._commit_and_wake(batch, slots))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                else:
+                    slots.release()
                 if self._closing and not len(self._batch):
                     return
         finally:
+            if running:
+                await asyncio.shield(asyncio.gather(*running, return_exceptions=True))
             pending = self._batch
             if len(pending):
                 pending.failure = StoreClosedError("PostgreSQL store closed before this write")
                 pending.done.set()
+
+    async def _commit_and_wake(self, batch: PgBatch, slots: asyncio.Semaphore) -> None:
+        try:
+            await self._commit(batch)
+        except Exception as exc:
+            batch.failure = exc
+        finally:
+            slots.release()
+            batch.done.set()
 
     async def _commit(self, batch: PgBatch) -> None:
         async def attempt() -> None:

@@ -164,14 +164,16 @@ class _Services:
         rng: random.Random,
         block_at: str | None,
         on_blocked: Callable[[], None],
+        max_pause: float,
     ) -> None:
         self.ledger = ledger
         self.rng = rng
         self.block_at = block_at
         self.on_blocked = on_blocked
+        self.max_pause = max_pause
 
     async def pause(self) -> None:
-        await anyio.sleep(self.rng.uniform(0, MAX_PAUSE))
+        await anyio.sleep(self.rng.uniform(0, self.max_pause))
 
     def action(self, name: str) -> Action:
         earlier = set(STEPS[: STEPS.index(name)])
@@ -235,9 +237,13 @@ def build_checkout(
     *,
     block_at: str | None = None,
     on_blocked: Callable[[], None] = lambda: None,
+    max_pause: float = MAX_PAUSE,
 ) -> Saga:
-    """The checkout saga; `block_at` makes that step hang forever after its effect."""
-    services = _Services(ledger, rng, block_at, on_blocked)
+    """The checkout saga; `block_at` makes that step hang forever after its effect.
+
+    Each action and compensation pauses twice, up to `max_pause` seconds each.
+    """
+    services = _Services(ledger, rng, block_at, on_blocked, max_pause)
     steps = [
         Step(
             name,
