@@ -3,9 +3,12 @@
 from runtime import Runtime, SagaCompensated, SagaFailed, SagaNotFound, DuplicateSagaError
 """
 
+from typing import TYPE_CHECKING, Any
+
 from saga import (
     Continue,
     CorruptSagaError,
+    LeaseLostError,
     OnTimeout,
     PayloadError,
     SagaEndedError,
@@ -36,6 +39,19 @@ from ._info import SagaInfo, SagaPage, SagaSummary, StepInfo
 from ._runtime import Runtime
 from ._sqlite_store import SqliteStore, StoreClosedError
 
+if TYPE_CHECKING:
+    from ._pg_store import PostgresStore
+
+
+def __getattr__(name: str) -> Any:
+    # PostgresStore needs asyncpg (the `postgres` extra): imported on first use only.
+    if name == "PostgresStore":
+        from ._pg_store import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = (
     "SagaSummary",
     "SagaPage",
@@ -62,6 +78,8 @@ __all__ = (
     "SagaSuspendedError",
     "SchemaVersionError",
     "SqliteStore",
+    "PostgresStore",
+    "LeaseLostError",
     "StaleStateError",
     "StepInfo",
     "StoreClosedError",
