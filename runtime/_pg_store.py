@@ -309,6 +309,10 @@ class PostgresStore:
     async def _renew(self) -> None:
         async with self._conn_pool().acquire() as conn:
             overdue = await conn.fetchval(_RENEW, self._runtime_id, self.lease)
+            # Forget runtimes long dead (their sagas count as orphans either way).
+            await conn.execute(
+                "DELETE FROM runtimes WHERE lease_until < clock_timestamp() - interval '1 hour'"
+            )
             if overdue is None:
                 # Our row is gone (an operator removed it): join again.
                 await conn.execute(
