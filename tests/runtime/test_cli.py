@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 
 from runtime import Runtime
@@ -50,3 +51,28 @@ async def test_list_and_show_read_the_database(
 def test_a_missing_database_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no such database"):
         main(["list", str(tmp_path / "nope.db")])
+
+
+async def test_list_show_and_runtimes_read_a_postgresql_database(
+    pg_dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # main() runs its own event loop: call it from a worker thread.
+    def cli(*args: str) -> int:
+        return main(list(args))
+
+    async with Runtime(pg_dsn, sagas=[SAGA]) as rt:
+        handle = await rt.spawn(SAGA, 21, saga_id="a")
+        with pytest.raises(Exception, match="compensated"):
+            await handle.result(timeout=10)
+        assert await anyio.to_thread.run_sync(cli, "runtimes", pg_dsn) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert len(lines) == 2  # the header and this runtime, its lease running
+        assert lines[1].split()[0] == rt.store.runtime_id  # type: ignore[attr-defined]
+        assert lines[1].split()[-1] == "0"  # a compensated saga has no owner
+    assert await anyio.to_thread.run_sync(cli, "list", pg_dsn, "--status", "compensated") == 0
+    listing = capsys.readouterr().out.splitlines()
+    assert [line.split()[:3] for line in listing[1:]] == [["a", "cli", "compensated"]]
+    assert await anyio.to_thread.run_sync(cli, "show", pg_dsn, "a") == 0
+    assert '"event": "compensation_succeeded"' in capsys.readouterr().out
+    assert await anyio.to_thread.run_sync(cli, "runtimes", pg_dsn) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 1  # it left cleanly: no runtime
