@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import socket
+import urllib.parse
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -75,6 +76,15 @@ _RETRYABLE = (
 )
 """Errors after which the same statement or transaction can safely run again: nothing
 of it committed (a failure at COMMIT itself is `CommitOutcomeUnknown`, never retried)."""
+
+
+def _redacted(dsn: str) -> str:
+    """`dsn` without its password, for messages."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -211,6 +221,9 @@ class PostgresStore:
                     self.name,
                     self.lease,
                 )
+        except _CONNECTION_TROUBLE as exc:
+            await self._close_pool()
+            raise StoreError(f"cannot open PostgreSQL at {_redacted(self.dsn)}: {exc}") from exc
         except BaseException:
             await self._close_pool()
             raise
