@@ -440,8 +440,12 @@ class PostgresStore:
         return op.existing
 
     async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
+        if self._pool is None or self._closing:
+            raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
         epoch = self._epochs.get(state.saga_id)
         if epoch is None:
+            if not await self._fetch("SELECT 1 FROM sagas WHERE saga_id = $1", state.saga_id):
+                raise SagaNotFound(state.saga_id)
             raise LeaseLostError(f"saga {state.saga_id!r} is not held by this runtime")
         op = PgSave(state, event, epoch, consumed)
         batch = self._enqueue()
@@ -583,7 +587,8 @@ class PostgresStore:
 
     async def unfinished(self) -> Sequence[UnfinishedSaga]:
         rows = await self._fetch(
-            f"SELECT saga_id, saga_name FROM sagas WHERE status IN {LIVE} ORDER BY created_at"
+            f"SELECT saga_id, saga_name FROM sagas WHERE status IN {LIVE} "
+            "ORDER BY created_at, saga_id"
         )
         return [UnfinishedSaga(saga_id, saga_name) for saga_id, saga_name in rows]
 

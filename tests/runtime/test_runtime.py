@@ -1,10 +1,12 @@
-"""Behaviour of the embedded `Runtime` on real SQLite files.
+"""Behaviour of `Runtime` on real databases: SQLite files and PostgreSQL.
 
 Each test drives real sagas through `Runtime`: steps that succeed, retry, time
 out or fail for good; compensations newest first; exactly-once spawn; status
 and timeline; restarts of the runtime mid-step; supervision of crashing
-actors; corrupt rows. Nothing here sleeps to wait: tests wait on events the
-steps set, on the saga's outcome, or on what the store made durable.
+actors; corrupt rows. Tests taking `database` run on both stores; those about
+SQLite itself (the lock file, raw rows, probes around a `SqliteStore`) take
+`db`. Nothing here sleeps to wait: tests wait on events the steps set, on the
+saga's outcome, or on what the store made durable.
 """
 
 from __future__ import annotations
@@ -181,7 +183,17 @@ def event_types(info: SagaInfo) -> list[type[Event]]:
 
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
+    """A SQLite file, for the tests that are about SQLite (raw rows, the lock, probes)."""
     return tmp_path / "sagas.db"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """What to pass as `Runtime`'s first argument: a SQLite path, or a PostgreSQL DSN."""
+    if request.param == "postgres":
+        dsn: str = request.getfixturevalue("pg_dsn")  # a fresh database on the test server
+        return dsn
+    return str(tmp_path / "sagas.db")
 
 
 # -- a real store behind a delegate -------------------------------------------------
@@ -236,7 +248,7 @@ class ProbeStore(DelegatingStore):
 
 
 async def test_success_returns_each_steps_result_and_gives_each_step_its_context(
-    db: Path,
+    database: str,
 ) -> None:
     journal = Journal()
     order = {"order": 42, "amount": 1999}
@@ -256,7 +268,7 @@ async def test_success_returns_each_steps_result_and_gives_each_step_its_context
             Step("send_confirmation", action(journal)),
         ],
     )
-    async with Runtime(db, sagas=[checkout]) as rt:
+    async with Runtime(database, sagas=[checkout]) as rt:
         handle = await rt.spawn(checkout, order, saga_id="order-42")
         assert handle.saga_id == "order-42"
         output = await handle.result(timeout=WAIT)
@@ -310,10 +322,10 @@ async def test_success_returns_each_steps_result_and_gives_each_step_its_context
     ]
 
 
-async def test_spawn_without_an_id_makes_a_unique_one(db: Path) -> None:
+async def test_spawn_without_an_id_makes_a_unique_one(database: str) -> None:
     journal = Journal()
     saga = Saga("one", [Step("only", action(journal, returns(1)))])
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         first = await rt.spawn(saga, {"n": 1})
         second = await rt.spawn("one", {"n": 1})  # by name, same input: still another saga
         assert first.saga_id != second.saga_id
@@ -321,7 +333,7 @@ async def test_spawn_without_an_id_makes_a_unique_one(db: Path) -> None:
     assert {c.ctx.saga_id for c in journal.calls} == {first.saga_id, second.saga_id}
 
 
-async def test_struct_input_is_validated_and_decoded_for_every_step(db: Path) -> None:
+async def test_struct_input_is_validated_and_decoded_for_every_step(database: str) -> None:
     class Order(msgspec.Struct, frozen=True):
         sku: str
         quantity: int
@@ -332,7 +344,7 @@ async def test_struct_input_is_validated_and_decoded_for_every_step(db: Path) ->
         [Step("reserve", action(journal, lambda ctx: "reserved"))],
         input_type=Order,
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         from_struct = await rt.spawn(saga, Order("apple", 3), saga_id="s1")
         from_dict = await rt.spawn(saga, {"sku": "pear", "quantity": 1}, saga_id="s2")
         await from_struct.result(timeout=WAIT)
@@ -343,7 +355,7 @@ async def test_struct_input_is_validated_and_decoded_for_every_step(db: Path) ->
 # -- retries ---------------------------------------------------------------------
 
 
-async def test_transient_failures_are_retried_with_the_policy_then_succeed(db: Path) -> None:
+async def test_transient_failures_are_retried_with_the_policy_then_succeed(database: str) -> None:
     journal = Journal()
     saga = Saga(
         "pay",
@@ -369,7 +381,7 @@ async def test_transient_failures_are_retried_with_the_policy_then_succeed(db: P
             ),
         ],
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         output = await (await rt.spawn(saga, None, saga_id="p")).result(timeout=WAIT)
         info = await rt.status("p")
 
@@ -395,7 +407,7 @@ async def test_transient_failures_are_retried_with_the_policy_then_succeed(db: P
 
 
 async def test_status_of_a_running_retry_shows_the_step_its_attempt_and_last_error(
-    db: Path,
+    database: str,
 ) -> None:
     journal = Journal()
     entered, release = anyio.Event(), anyio.Event()
@@ -412,7 +424,7 @@ async def test_status_of_a_running_retry_shows_the_step_its_attempt_and_last_err
         "pay",
         [Step("create_order", action(journal, returns(1))), Step("charge", charge, retry=FAST)],
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         handle = await rt.spawn(saga, None, saga_id="live")
         with anyio.fail_after(WAIT):
             await entered.wait()
@@ -432,7 +444,7 @@ async def test_status_of_a_running_retry_shows_the_step_its_attempt_and_last_err
 
 
 async def test_retries_exhausted_leave_the_step_ambiguous_and_it_is_compensated(
-    db: Path,
+    database: str,
 ) -> None:
     journal = Journal()
     saga = Saga(
@@ -452,7 +464,7 @@ async def test_retries_exhausted_leave_the_step_ambiguous_and_it_is_compensated(
             Step("ship", action(journal), compensate=compensation(journal)),
         ],
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         handle = await rt.spawn(saga, {"o": 1}, saga_id="c")
         with pytest.raises(SagaCompensated) as caught:
             await handle.result(timeout=WAIT)
@@ -491,7 +503,7 @@ async def test_retries_exhausted_leave_the_step_ambiguous_and_it_is_compensated(
     "error_type", [CardDeclined, FraudSuspected], ids=["listed-type", "NonRetryableError"]
 )
 async def test_definitive_failure_is_not_compensated_and_earlier_steps_are_newest_first(
-    db: Path, error_type: type[Exception]
+    database: str, error_type: type[Exception]
 ) -> None:
     journal = Journal()
     saga = Saga(
@@ -513,7 +525,7 @@ async def test_definitive_failure_is_not_compensated_and_earlier_steps_are_newes
             Step("ship", action(journal), compensate=compensation(journal)),
         ],
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         with pytest.raises(SagaCompensated) as caught:
             await (await rt.spawn(saga, None, saga_id="d")).result(timeout=WAIT)
         info = await rt.status("d")
@@ -531,7 +543,7 @@ async def test_definitive_failure_is_not_compensated_and_earlier_steps_are_newes
     assert "step charge failed definitively (took no effect)" in texts(info)
 
 
-async def test_a_timed_out_step_is_ambiguous_and_compensated(db: Path) -> None:
+async def test_a_timed_out_step_is_ambiguous_and_compensated(database: str) -> None:
     journal = Journal()
 
     async def never_answers(ctx: StepContext, saga_input: Any) -> Any:
@@ -553,7 +565,7 @@ async def test_a_timed_out_step_is_ambiguous_and_compensated(db: Path) -> None:
             ),
         ],
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         with pytest.raises(SagaCompensated) as caught:
             await (await rt.spawn(saga, None, saga_id="t")).result(timeout=WAIT)
         info = await rt.status("t")
@@ -571,7 +583,7 @@ async def test_a_timed_out_step_is_ambiguous_and_compensated(db: Path) -> None:
     assert info.steps[1].error.timed_out
 
 
-async def test_steps_without_a_compensation_are_skipped(db: Path) -> None:
+async def test_steps_without_a_compensation_are_skipped(database: str) -> None:
     journal = Journal()
     saga = Saga(
         "mail",
@@ -581,7 +593,7 @@ async def test_steps_without_a_compensation_are_skipped(db: Path) -> None:
             Step("charge", action(journal, raises(lambda ctx: NonRetryableError("declined")))),
         ],
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         with pytest.raises(SagaCompensated):
             await (await rt.spawn(saga, None, saga_id="m")).result(timeout=WAIT)
         info = await rt.status("m")
@@ -594,7 +606,7 @@ async def test_steps_without_a_compensation_are_skipped(db: Path) -> None:
     assert not any("compensation of send_mail" in line for line in texts(info))
 
 
-async def test_a_compensation_that_fails_transiently_is_retried(db: Path) -> None:
+async def test_a_compensation_that_fails_transiently_is_retried(database: str) -> None:
     journal = Journal()
     saga = Saga(
         "refund",
@@ -611,7 +623,7 @@ async def test_a_compensation_that_fails_transiently_is_retried(db: Path) -> Non
             Step("ship", action(journal, raises(lambda ctx: NonRetryableError("no stock")))),
         ],
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         with pytest.raises(SagaCompensated) as caught:
             await (await rt.spawn(saga, None, saga_id="r")).result(timeout=WAIT)
         info = await rt.status("r")
@@ -634,7 +646,7 @@ async def test_a_compensation_that_fails_transiently_is_retried(db: Path) -> Non
 
 
 @pytest.mark.parametrize("how", ["non-retryable", "retries-exhausted"])
-async def test_a_compensation_that_fails_for_good_fails_the_saga(db: Path, how: str) -> None:
+async def test_a_compensation_that_fails_for_good_fails_the_saga(database: str, how: str) -> None:
     journal = Journal()
     if how == "non-retryable":
         refund_error: Exception = NonRetryableError("ledger closed")
@@ -658,7 +670,7 @@ async def test_a_compensation_that_fails_for_good_fails_the_saga(db: Path, how: 
             Step("ship", action(journal, raises(lambda ctx: NonRetryableError("no stock")))),
         ],
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         with pytest.raises(SagaFailed) as caught:
             await (await rt.spawn(saga, None, saga_id="f")).result(timeout=WAIT)
         info = await rt.status("f")
@@ -683,7 +695,7 @@ async def test_a_compensation_that_fails_for_good_fails_the_saga(db: Path, how: 
 
 
 async def test_a_step_returning_a_non_serializable_value_is_compensated_with_none(
-    db: Path,
+    database: str,
 ) -> None:
     journal = Journal()
     saga = Saga(
@@ -698,7 +710,7 @@ async def test_a_step_returning_a_non_serializable_value_is_compensated_with_non
             ),
         ],
     )
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         with pytest.raises(SagaCompensated) as caught:
             await (await rt.spawn(saga, None, saga_id="n")).result(timeout=WAIT)
         info = await rt.status("n")
@@ -717,7 +729,7 @@ async def test_a_step_returning_a_non_serializable_value_is_compensated_with_non
 # -- exactly-once spawn ----------------------------------------------------------------
 
 
-async def test_spawning_again_with_the_same_input_returns_the_same_saga(db: Path) -> None:
+async def test_spawning_again_with_the_same_input_returns_the_same_saga(database: str) -> None:
     journal = Journal()
     entered: dict[str, anyio.Event] = {"dup": anyio.Event()}
     gate = anyio.Event()
@@ -729,7 +741,7 @@ async def test_spawning_again_with_the_same_input_returns_the_same_saga(db: Path
         return "one"
 
     saga = Saga("twice", [Step("first", first), Step("second", action(journal, returns(2)))])
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         h1 = await rt.spawn(saga, {"a": 1, "b": [1, 2]}, saga_id="dup")
         with anyio.fail_after(WAIT):
             await entered["dup"].wait()
@@ -745,11 +757,11 @@ async def test_spawning_again_with_the_same_input_returns_the_same_saga(db: Path
     assert event_types(info).count(SagaStarted) == 1
 
 
-async def test_spawning_again_with_another_input_raises_even_after_a_restart(db: Path) -> None:
+async def test_spawning_again_with_another_input_raises_even_after_a_restart(database: str) -> None:
     journal = Journal()
     saga = Saga("once", [Step("only", action(journal, lambda ctx: "done"))])
     other = Saga("other", [Step("only", action(journal))])
-    async with Runtime(db, sagas=[saga, other]) as rt:
+    async with Runtime(database, sagas=[saga, other]) as rt:
         output = await (await rt.spawn(saga, {"v": 1}, saga_id="id-1")).result(timeout=WAIT)
         with pytest.raises(DuplicateSagaError) as caught:
             await rt.spawn(saga, {"v": 2}, saga_id="id-1")
@@ -757,7 +769,7 @@ async def test_spawning_again_with_another_input_raises_even_after_a_restart(db:
         with pytest.raises(DuplicateSagaError):
             await rt.spawn(other, {"v": 1}, saga_id="id-1")
 
-    async with Runtime(db, sagas=[saga, other]) as rt:
+    async with Runtime(database, sagas=[saga, other]) as rt:
         again = await rt.spawn(saga, {"v": 1}, saga_id="id-1")
         assert await again.result(timeout=WAIT) == output
         with pytest.raises(DuplicateSagaError):
@@ -766,11 +778,11 @@ async def test_spawning_again_with_another_input_raises_even_after_a_restart(db:
     assert len(journal.calls) == 1
 
 
-async def test_concurrent_spawns_of_one_id_start_it_once(db: Path) -> None:
+async def test_concurrent_spawns_of_one_id_start_it_once(database: str) -> None:
     journal = Journal()
     saga = Saga("race", [Step("only", action(journal, returns("x")))])
     handles: list[str] = []
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
 
         async def spawn() -> None:
             handles.append((await rt.spawn(saga, {"k": 1}, saga_id="r")).saga_id)
@@ -786,9 +798,9 @@ async def test_concurrent_spawns_of_one_id_start_it_once(db: Path) -> None:
 # -- errors of the API ------------------------------------------------------------------
 
 
-async def test_unknown_saga_id_raises_saga_not_found(db: Path) -> None:
+async def test_unknown_saga_id_raises_saga_not_found(database: str) -> None:
     saga = Saga("s", [Step("only", action(Journal()))])
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         with pytest.raises(SagaNotFound) as caught:
             await rt.status("missing")
         assert caught.value.saga_id == "missing"
@@ -798,12 +810,12 @@ async def test_unknown_saga_id_raises_saga_not_found(db: Path) -> None:
             await rt.resume("missing")
 
 
-async def test_spawning_a_saga_the_runtime_was_not_given_raises(db: Path) -> None:
+async def test_spawning_a_saga_the_runtime_was_not_given_raises(database: str) -> None:
     journal = Journal()
     known = Saga("known", [Step("only", action(journal))])
     stranger = Saga("stranger", [Step("only", action(journal))])
     impostor = Saga("known", [Step("only", action(journal))])  # same name, other definition
-    async with Runtime(db, sagas=[known]) as rt:
+    async with Runtime(database, sagas=[known]) as rt:
         for saga in (stranger, "stranger", impostor):
             with pytest.raises(UnknownSagaError):
                 await rt.spawn(saga, None, saga_id="u")
@@ -818,7 +830,7 @@ async def test_spawning_a_saga_the_runtime_was_not_given_raises(db: Path) -> Non
     ids=["not-serializable", "wrong-field-type", "missing-field"],
 )
 async def test_a_bad_input_raises_payload_error_and_stores_nothing(
-    db: Path, bad_input: object
+    database: str, bad_input: object
 ) -> None:
     class Order(msgspec.Struct):
         sku: str
@@ -826,7 +838,7 @@ async def test_a_bad_input_raises_payload_error_and_stores_nothing(
 
     journal = Journal()
     saga = Saga("typed", [Step("only", action(journal))], input_type=Order)
-    async with Runtime(db, sagas=[saga]) as rt:
+    async with Runtime(database, sagas=[saga]) as rt:
         with pytest.raises(PayloadError):
             await rt.spawn(saga, bad_input, saga_id="bad")
         with pytest.raises(SagaNotFound):
@@ -834,9 +846,9 @@ async def test_a_bad_input_raises_payload_error_and_stores_nothing(
     assert journal.calls == []
 
 
-async def test_the_api_needs_the_runtime_to_be_running(db: Path) -> None:
+async def test_the_api_needs_the_runtime_to_be_running(database: str) -> None:
     saga = Saga("s", [Step("only", action(Journal()))])
-    rt = Runtime(db, sagas=[saga])
+    rt = Runtime(database, sagas=[saga])
     with pytest.raises(RuntimeNotRunningError):
         await rt.spawn(saga, None)
     async with rt:
@@ -858,24 +870,40 @@ async def test_a_second_runtime_on_an_open_file_is_locked_out(db: Path) -> None:
         assert (await rt.status("a")).status is SagaStatus.COMPLETED
 
 
+async def test_a_second_runtime_on_a_postgres_database_shares_it(pg_dsn: str) -> None:
+    journal = Journal()
+    saga = Saga("s", [Step("only", action(journal, returns(1)))])
+    async with Runtime(pg_dsn, sagas=[saga]) as first, Runtime(pg_dsn, sagas=[saga]) as second:
+        assert await (await first.spawn(saga, {"k": 1}, saga_id="a")).result(timeout=WAIT) == {
+            "only": 1
+        }
+        assert (await second.status("a")).status is SagaStatus.COMPLETED
+        # Exactly-once spawn holds across runtimes: the same id starts nothing more.
+        again = await second.spawn(saga, {"k": 1}, saga_id="a")
+        assert await again.result(timeout=WAIT) == {"only": 1}
+        with pytest.raises(DuplicateSagaError):
+            await second.spawn(saga, {"k": 2}, saga_id="a")
+    assert len(journal.calls) == 1
+
+
 # -- restarts of the runtime -------------------------------------------------------------
 
 
-async def test_reopening_resumes_a_saga_abandoned_mid_step(db: Path) -> None:
+async def test_reopening_resumes_a_saga_abandoned_mid_step(database: str) -> None:
     journal = Journal()
     entered = {"s": anyio.Event()}
     reserve = Step(
         "reserve", action(journal, returns({"hold": 5})), compensate=compensation(journal)
     )
     before = Saga("ship", [reserve, Step("charge", hangs(journal, entered))])
-    async with Runtime(db, sagas=[before]) as rt:
+    async with Runtime(database, sagas=[before]) as rt:
         await rt.spawn(before, {"order": 1}, saga_id="s")
         with anyio.fail_after(WAIT):
             await entered["s"].wait()
     # The runtime left while `charge` was running: its outcome was never recorded.
 
     after = Saga("ship", [reserve, Step("charge", action(journal, returns("ch-9")))])
-    async with Runtime(db, sagas=[after]) as rt:
+    async with Runtime(database, sagas=[after]) as rt:
         output = await rt.handle("s").result(timeout=WAIT)
         info = await rt.status("s")
 
