@@ -116,9 +116,10 @@ class SagaHost:
         self, saga: Saga, saga_id: str, fresh: FreshStart | None, *, wake: bool = False
     ) -> None:
         """Start an actor for `saga_id` (after the previous one, if any, has gone)."""
-        previous = self.supervisor.get(saga_id)
-        if previous is not None:
-            await previous.join()  # an actor that just passivated or ended is winding down
+        # An actor that just passivated or ended is winding down; another path may
+        # have started a new one meanwhile: wait for that one too.
+        while (previous := self.supervisor.get(saga_id)) is not None:
+            await previous.join()
         pending = [fresh] if fresh is not None else []
         nudges = self._nudges[saga_id] = Nudges()
 
@@ -164,6 +165,10 @@ class SagaHost:
         try:
             if saga_name is None:
                 saga_name = (await self._store.load(saga_id)).saga_name
+            if self.is_live(saga_id) and saga_id in self._nudges:
+                # Another path (a sweep, a timer) started its actor while this one awaited.
+                await self.activate(saga_id, saga_name, wake=wake, claimed=True)
+                return
             saga = self._sagas.get(saga_name)
             if saga is None:
                 logger.warning("saga %r is a %r saga, unknown to this runtime", saga_id, saga_name)

@@ -99,7 +99,9 @@ _OWNER_IS_GONE = """(s.owner IS NULL OR NOT EXISTS (
 """SQL: saga `s` has no owner with a live lease."""
 
 _CLAIM = f"""
-UPDATE sagas s SET owner = $1, epoch = s.epoch + 1
+UPDATE sagas s SET owner = $1,
+    -- a runtime that owns it already keeps its epoch: its own actor may be writing
+    epoch = CASE WHEN s.owner = $1 THEN s.epoch ELSE s.epoch + 1 END
 WHERE s.saga_id = $2 AND s.status NOT IN ('completed', 'compensated', 'failed')
   AND (s.owner = $1 OR s.status = 'suspended' OR {_OWNER_IS_GONE})
 RETURNING s.epoch
@@ -210,7 +212,14 @@ class PostgresStore:
                 self.dsn,
                 min_size=2,
                 max_size=self._pool_size,
-                server_settings={"search_path": self.schema, "application_name": "sagaloop"},
+                server_settings={
+                    "search_path": self.schema,
+                    "application_name": "sagaloop",
+                    # A runtime paused inside a write (SIGSTOP, a VM freeze) would keep the
+                    # rows it locked from being claimed for as long as it is paused: the
+                    # server ends such a transaction once a lease has gone by.
+                    "idle_in_transaction_session_timeout": str(max(1000, int(self.lease * 1000))),
+                },
             )
             async with self._pool.acquire() as conn:
                 await self._migrate(conn)
@@ -220,6 +229,10 @@ class PostgresStore:
                     self._runtime_id,
                     self.name,
                     self.lease,
+                )
+                # Forget runtimes long dead (their sagas count as orphans either way).
+                await conn.execute(
+                    "DELETE FROM runtimes WHERE lease_until < clock_timestamp() - interval '1 hour'"
                 )
         except _CONNECTION_TROUBLE as exc:
             await self._close_pool()
@@ -309,33 +322,43 @@ class PostgresStore:
     # -- background: lease, notices ----------------------------------------
 
     async def _renew_loop(self) -> None:
+        # Its own connection: a pool busy with writes must not make the lease lapse.
         delay = self.lease / 3
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self._renew()
-                delay = self.lease / 3
-            except _CONNECTION_TROUBLE as exc:
-                delay = min(self.lease / 3, 0.5)
-                logger.warning("could not renew the lease of runtime %s: %s", self._runtime_id, exc)
+        conn: Connection | None = None
+        try:
+            while True:
+                await asyncio.sleep(delay)
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = await asyncpg.connect(
+                            self.dsn,
+                            timeout=self.lease,
+                            server_settings={"search_path": self.schema},
+                        )
+                    await self._renew(conn)
+                    delay = self.lease / 3
+                except _CONNECTION_TROUBLE as exc:
+                    delay = min(self.lease / 3, 0.5)
+                    logger.warning("could not renew the lease of %s: %s", self._runtime_id, exc)
+                    if conn is not None:
+                        conn.terminate()
+                        conn = None
+        finally:
+            if conn is not None:
+                conn.terminate()
 
-    async def _renew(self) -> None:
-        async with self._conn_pool().acquire() as conn:
-            overdue = await conn.fetchval(_RENEW, self._runtime_id, self.lease)
-            # Forget runtimes long dead (their sagas count as orphans either way).
+    async def _renew(self, conn: Connection) -> None:
+        overdue = await conn.fetchval(_RENEW, self._runtime_id, self.lease)
+        if overdue is None:
+            # Our row is gone (an operator removed it): join again.
             await conn.execute(
-                "DELETE FROM runtimes WHERE lease_until < clock_timestamp() - interval '1 hour'"
+                "INSERT INTO runtimes (runtime_id, name, lease_until) "
+                "VALUES ($1, $2, clock_timestamp() + $3 * interval '1 second') "
+                "ON CONFLICT (runtime_id) DO UPDATE SET lease_until = excluded.lease_until",
+                self._runtime_id,
+                self.name,
+                self.lease,
             )
-            if overdue is None:
-                # Our row is gone (an operator removed it): join again.
-                await conn.execute(
-                    "INSERT INTO runtimes (runtime_id, name, lease_until) "
-                    "VALUES ($1, $2, clock_timestamp() + $3 * interval '1 second') "
-                    "ON CONFLICT (runtime_id) DO UPDATE SET lease_until = excluded.lease_until",
-                    self._runtime_id,
-                    self.name,
-                    self.lease,
-                )
         if overdue is not None and overdue > 0:
             self.lease_lapses += 1
             logger.warning(

@@ -7,6 +7,8 @@ prints `RUNTIME <runtime id>`, spawns every saga `order-000` ..
 spawn the same ids: exactly one start each), prints `READY`, waits until
 every one of them has ended, wherever it ran, and prints `DONE`.
 `--no-spawn` only looks the ids up: a runtime that just takes sagas over.
+`--naps K` also spawns `nap-000` .. : a step, a durable sleep until the
+input's `wake_at`, a step (the `nap` saga, its effects in the ledger too).
 
 The sagas are `crash_child`'s checkout with its plans and ledger. Warnings
 (a saga "dropped" after a takeover, a lapsed lease) go to stderr.
@@ -16,15 +18,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import anyio
 
 from runtime import Runtime, SagaCompensated
 from runtime._pg_store import PostgresStore
-from saga import StoreError
+from saga import Saga, Sleep, Step, StepContext, StoreError
 
 from .crash_child import DONE, READY, build_checkout, order_input, saga_id
 from .ledger import Ledger
@@ -32,6 +36,41 @@ from .ledger import Ledger
 RUNTIME = "RUNTIME"
 STORE_RETRY = 0.1
 """Seconds between two tries of a read that met a database outage."""
+
+
+def nap_id(index: int) -> str:
+    return f"nap-{index:03d}"
+
+
+def build_nap(ledger: Ledger) -> Saga:
+    """A step, a durable sleep until `input["wake_at"]` (epoch seconds), a step."""
+
+    def record(name: str) -> Any:
+        async def act(ctx: StepContext, nap: dict[str, Any]) -> int:
+            ledger.record(
+                key=ctx.idempotency_key,
+                kind="effect",
+                saga_id=ctx.saga_id,
+                step=name,
+                attempt=ctx.attempt,
+            )
+            return os.getpid()
+
+        act.__name__ = name
+        return act
+
+    def until(ctx: StepContext, nap: dict[str, Any]) -> float:
+        wake_at: float = nap["wake_at"]
+        return wake_at
+
+    return Saga(
+        "nap",
+        [
+            Step("before", record("before")),
+            Sleep("nap", until=until),
+            Step("after", record("after")),
+        ],
+    )
 
 
 def _say(line: str) -> None:
@@ -71,21 +110,31 @@ async def _wait_all(rt: Runtime, ids: list[str]) -> None:
 async def _run(args: argparse.Namespace) -> None:
     ledger = Ledger(args.ledger)
     checkout = build_checkout(ledger, random.Random(args.seed), max_pause=args.max_pause)
+    nap = build_nap(ledger)
     store = PostgresStore(args.dsn, lease=args.lease, poll_interval=args.poll)
     ids = [saga_id(i) for i in range(args.count)]
+    naps = [nap_id(i) for i in range(args.naps)]
     try:
         async with Runtime(
             store,
-            sagas=[checkout],
+            sagas=[checkout, nap],
             max_recoveries=args.max_recoveries,
+            keep_warm=args.keep_warm,
             rng=random.Random(args.seed + 1),
         ) as rt:
             _say(f"{RUNTIME} {store.runtime_id}")
+            if args.start_file:
+                # Wait for the other runtimes to join, so that the spawns race
+                # (the parent creates the file: no event crosses processes).
+                while not await anyio.Path(args.start_file).exists():  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
             if not args.no_spawn:
                 await _spawn_all(rt, args, ids)
+                for sid in naps:
+                    await rt.spawn(nap, {"wake_at": args.wake_at}, saga_id=sid)
             _say(READY)
             with anyio.fail_after(args.timeout):
-                await _wait_all(rt, ids)
+                await _wait_all(rt, ids + naps)
             _say(f"STATS lease_lapses={store.lease_lapses} batches={store.batches_committed}")
             _say(DONE)
     finally:
@@ -105,6 +154,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--max-recoveries", type=int, default=5)
     parser.add_argument("--no-spawn", action="store_true")
+    parser.add_argument("--start-file", default=None)
+    parser.add_argument("--naps", type=int, default=0)
+    parser.add_argument("--wake-at", type=float, default=0.0)
+    parser.add_argument("--keep-warm", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)
     logging.basicConfig(
