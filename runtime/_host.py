@@ -47,6 +47,9 @@ from ._timers import TimerService
 
 logger = logging.getLogger("runtime")
 
+_CLAIM_PAGE = 50
+"""Orphans claimed per statement: small pages spread a burst among the runtimes sweeping."""
+
 
 class _Waiter:
     """Woken when a saga's actor stops; carries the final state when it finished."""
@@ -204,10 +207,10 @@ class SagaHost:
         while True:
             try:
                 while True:
-                    page = await shared.claim_orphans(self._clock.now(), 200)
+                    page = await shared.claim_orphans(self._clock.now(), _CLAIM_PAGE)
                     for orphan in page:
                         await self.activate(orphan.saga_id, orphan.saga_name, claimed=True)
-                    if len(page) < 200:
+                    if len(page) < _CLAIM_PAGE:
                         break
             except Exception:
                 logger.exception("the sweep for orphaned sagas failed; it runs again shortly")

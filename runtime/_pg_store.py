@@ -146,7 +146,10 @@ class PostgresStore:
     connections this runtime opens (plus one for notices).
     `reconnect_timeout` is how long reads and writes wait for a lost
     server (a restart, a failover) before they fail with `StoreError`:
-    sagas pause meanwhile instead of crashing.
+    sagas pause meanwhile instead of crashing. `run_spawned_here=False`
+    makes the sagas this runtime spawns nobody's at first: every runtime is
+    told, and whichever claims one first runs it (a pool of workers behind
+    the runtimes that spawn).
     """
 
     def __init__(
@@ -158,6 +161,7 @@ class PostgresStore:
         poll_interval: float = 1.0,
         pool_size: int = 8,
         reconnect_timeout: float = 30.0,
+        run_spawned_here: bool = True,
         name: str | None = None,
     ) -> None:
         if lease <= 0 or poll_interval <= 0:
@@ -170,6 +174,7 @@ class PostgresStore:
         self._poll_interval = poll_interval
         self._pool_size = pool_size
         self.reconnect_timeout = reconnect_timeout
+        self._run_spawned_here = run_spawned_here
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self._runtime_id = f"rt{uuid.uuid4().hex[:20]}"
         self._pool: asyncpg.Pool | None = None
@@ -191,6 +196,10 @@ class PostgresStore:
     @property
     def poll_interval(self) -> float:
         return self._poll_interval
+
+    @property
+    def run_spawned_here(self) -> bool:
+        return self._run_spawned_here
 
     @property
     def channel_prefix(self) -> str:
@@ -458,7 +467,7 @@ class PostgresStore:
         await self._wait(batch)
         if op.error is not None:
             raise op.error
-        if op.existing is None:
+        if op.existing is None and self._run_spawned_here:
             self._epochs[saga.saga_id] = 1
         return op.existing
 
@@ -537,7 +546,13 @@ class PostgresStore:
         async def attempt() -> None:
             batch.reset()
             async with self._conn_pool_for_writes().acquire() as conn:
-                await commit_batch(conn, batch, self._runtime_id, self.schema)
+                await commit_batch(
+                    conn,
+                    batch,
+                    self._runtime_id,
+                    self.schema,
+                    own_new_sagas=self._run_spawned_here,
+                )
 
         await self._with_reconnect("write", attempt)
         self.batches_committed += 1

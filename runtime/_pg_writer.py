@@ -171,9 +171,17 @@ class CommitOutcomeUnknown(StoreError):
 
 
 async def commit_batch(
-    conn: Connection, batch: PgBatch, runtime_id: str, channel_prefix: str
+    conn: Connection,
+    batch: PgBatch,
+    runtime_id: str,
+    channel_prefix: str,
+    *,
+    own_new_sagas: bool = True,
 ) -> None:
     """Write `batch` in one transaction; per-write refusals land in each op's `error`.
+
+    New sagas belong to this runtime, or (`own_new_sagas=False`) to nobody:
+    every runtime is told to claim them.
 
     A failure before COMMIT leaves nothing behind (the caller may write the
     batch again); a failure during it raises `CommitOutcomeUnknown`.
@@ -182,7 +190,9 @@ async def commit_batch(
     await transaction.start()
     try:
         if batch.creates:
-            await _create(conn, batch.creates, runtime_id)
+            creator = runtime_id if own_new_sagas else None
+            if await _create(conn, batch.creates, creator) and creator is None:
+                await conn.execute("SELECT pg_notify($1, 'sweep')", f"{channel_prefix}_all")
         if batch.saves:
             await _save(conn, batch.saves, runtime_id)
         for op in batch.deliveries:
@@ -202,7 +212,8 @@ async def commit_batch(
         raise CommitOutcomeUnknown(f"PostgreSQL failed during COMMIT: {exc}") from exc
 
 
-async def _create(conn: Connection, creates: list[PgCreate], runtime_id: str) -> None:
+async def _create(conn: Connection, creates: list[PgCreate], owner: str | None) -> bool:
+    """Insert the new sagas, owned by `owner`; True if any was new."""
     # One row per id per statement; a duplicate within the batch is answered below.
     first: dict[str, PgCreate] = {}
     for op in creates:
@@ -227,12 +238,12 @@ async def _create(conn: Connection, creates: list[PgCreate], runtime_id: str) ->
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)
-    inserted = {row[0] for row in await conn.fetch(_CREATE, runtime_id, *columns)}
+    inserted = {row[0] for row in await conn.fetch(_CREATE, owner, *columns)}
     others = [
         op for op in creates if op.saga.saga_id not in inserted or first[op.saga.saga_id] is not op
     ]
     if not others:
-        return
+        return bool(inserted)
     rows = await conn.fetch(
         "SELECT saga_id, saga_name, input, snapshot, seq FROM sagas WHERE saga_id = ANY($1)",
         list({op.saga.saga_id for op in others}),
@@ -247,6 +258,7 @@ async def _create(conn: Connection, creates: list[PgCreate], runtime_id: str) ->
             op.existing = stored_saga(*row)
         except CorruptSagaError as exc:
             op.error = exc
+    return bool(inserted)
 
 
 async def _save(conn: Connection, saves: list[PgSave], runtime_id: str) -> None:

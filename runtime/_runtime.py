@@ -245,7 +245,10 @@ class Runtime:
                 # (a lost acknowledgement): this spawn is the one that starts it.
                 await self._host.activate(saga_id, existing.saga_name)
             return SagaHandle(self, saga_id)
-        await self._host.start(definition, saga_id, FreshStart(first, data))
+        shared = self._host.shared
+        if shared is None or shared.run_spawned_here:
+            await self._host.start(definition, saga_id, FreshStart(first, data))
+        # Else it is durable and nobody's: whichever runtime claims it first runs it.
         return SagaHandle(self, saga_id)
 
     def handle(self, saga_id: str) -> SagaHandle[Output]:

@@ -191,6 +191,11 @@ class SharedStore(Store, Protocol):
         """Seconds between sweeps for orphaned sagas (the fallback when a notice is lost)."""
         ...
 
+    @property
+    def run_spawned_here(self) -> bool:
+        """Whether a saga this runtime creates is its own (else: the first claimer's)."""
+        ...
+
     async def claim(self, saga_id: str) -> bool:
         """Take `saga_id` over unless a live runtime owns it (or it ended): True if now ours.
 

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from runtime import SchemaVersionError
+from runtime import Runtime, SchemaVersionError
 from runtime._pg_schema import SCHEMA_VERSION
 from runtime._pg_store import PostgresStore
 from saga import (
@@ -24,7 +24,10 @@ from saga import (
     LeaseLostError,
     Notice,
     Resumed,
+    Saga,
     StaleStateError,
+    Step,
+    StepContext,
     UnfinishedSaga,
     transition,
 )
@@ -395,3 +398,42 @@ async def test_a_stale_save_on_a_held_saga_is_not_a_lost_lease(pg_dsn: str) -> N
         assert not isinstance(caught.value, LeaseLostError)
         assert a.holds("s")  # still ours: the right write goes through
         await a.save(state, event)
+
+
+async def test_sagas_spawned_for_a_pool_run_once_on_whichever_runtime_claims_them(
+    pg_dsn: str,
+) -> None:
+    ran: dict[str, list[str]] = {}
+
+    def pooled(who: str) -> Saga:
+        async def work(ctx: StepContext, n: int) -> int:
+            ran.setdefault(ctx.saga_id, []).append(who)
+            return n
+
+        return Saga("pooled", [Step("work", work)], input_type=int)
+
+    # A long poll: only the notice sent with the new sagas explains a prompt claim.
+    spawner = PostgresStore(pg_dsn, run_spawned_here=False, poll_interval=30, name="spawner")
+    worker = PostgresStore(pg_dsn, poll_interval=30, name="worker")
+    async with (
+        Runtime(spawner, sagas=[pooled("spawner")]) as front,
+        Runtime(worker, sagas=[pooled("worker")]),
+    ):
+        handles = [await front.spawn("pooled", n, saga_id=f"p{n:02d}") for n in range(40)]
+        with anyio.fail_after(10):
+            outputs = [await handle.result() for handle in handles]
+        assert outputs == [{"work": n} for n in range(40)]
+        epochs = await _pg_rows(pg_dsn, "SELECT saga_id, epoch FROM sagaloop.sagas")
+    assert sorted(ran) == [f"p{n:02d}" for n in range(40)]
+    assert all(len(runners) == 1 for runners in ran.values()), ran
+    # Created at epoch 1 owned by nobody, then claimed once (a saga kept by its
+    # spawner would still be at epoch 1).
+    assert {epoch for _, epoch in epochs} == {2}
+
+
+async def _pg_rows(dsn: str, sql: str) -> list[Any]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
