@@ -196,7 +196,7 @@ class SqliteStore:
         return self._batch
 
     async def _wait(self, batch: Batch) -> None:
-        await batch.done.wait()
+        await batch.wait()
         if batch.failure is not None:
             raise StoreError(f"write to {self.path} failed: {batch.failure}") from batch.failure
 
@@ -208,7 +208,7 @@ class SqliteStore:
             pending = self._batch
             if len(pending):
                 pending.failure = StoreClosedError(f"store {self.path} closed before this write")
-                pending.done.set()
+                pending.finish()
 
     async def _write_batches(self) -> None:
         while True:
@@ -221,7 +221,7 @@ class SqliteStore:
                         await self._commit(batch)
                     except Exception as exc:
                         batch.failure = exc
-                batch.done.set()
+                batch.finish()
             if self._closing and not len(self._batch):
                 return
 
