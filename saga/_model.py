@@ -146,23 +146,22 @@ class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, t
     @property
     def wake_at(self) -> float | None:
         """When the saga next needs waking without a message, if ever."""
-        due = [
-            t
-            for step in self.steps
-            for t in (step.retry_at, step.compensation_retry_at, step.wait_until)
-            if t is not None
-        ]
-        if self.deadline_at is not None and self.status in FORWARD:
-            due.append(self.deadline_at)
-        return min(due) if due else None
+        due = self.deadline_at if self.status in FORWARD else None
+        for step in self.steps:  # a plain loop: the writer asks this of every snapshot
+            for t in (step.retry_at, step.compensation_retry_at, step.wait_until):
+                if t is not None and (due is None or t < due):
+                    due = t
+        return due
 
     @property
     def in_flight(self) -> bool:
         """True when a step or compensation intent is durable but its outcome is not."""
-        forward = self.status is SagaStatus.RUNNING
-        backward = self.status is SagaStatus.COMPENSATING
-        return any(
-            (forward and step.status is StepStatus.RUNNING)
-            or (backward and step.compensation is CompensationStatus.RUNNING)
-            for step in self.steps
-        )
+        if self.status is SagaStatus.RUNNING:
+            for step in self.steps:
+                if step.status is StepStatus.RUNNING:
+                    return True
+        elif self.status is SagaStatus.COMPENSATING:
+            for step in self.steps:
+                if step.compensation is CompensationStatus.RUNNING:
+                    return True
+        return False
