@@ -9,6 +9,7 @@ A lock file keeps a second runtime off the same database.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import sqlite3
@@ -75,7 +76,7 @@ class SqliteStore:
         self._lock_fd: int | None = None
         self._task_group: TaskGroup | None = None
         self._batch = Batch()
-        self._has_work = anyio.Event()
+        self._has_work = asyncio.Event()  # set on every write: asyncio's is the cheaper
         self._closing = False
         self.batches_committed = 0
         self.rows_committed = 0
@@ -95,6 +96,7 @@ class SqliteStore:
             self._unlock()
             raise
         self._closing = False
+        self._has_work = asyncio.Event()  # bound to this event loop
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._write_loop, name="sagaloop-sqlite-writer")
@@ -213,7 +215,7 @@ class SqliteStore:
     async def _write_batches(self) -> None:
         while True:
             await self._has_work.wait()
-            self._has_work = anyio.Event()
+            self._has_work.clear()
             batch, self._batch = self._batch, Batch()
             if len(batch):
                 with anyio.CancelScope(shield=True):
