@@ -51,7 +51,7 @@ class Supervisor:
         self._strategy = strategy if strategy is not None else RestartWithBackoff()
         self._on_escalate = on_escalate
         self._rng = rng if rng is not None else random.Random()
-        self._cells: dict[str, Cell[object]] = {}
+        self._live: dict[str, ActorRef[object]] = {}  # each ref holds its actor's cell
         self._tasks: set[asyncio.Task[None]] = set()
         self._errors: list[BaseException] = []  # what escaped an actor's task
         self._body: anyio.CancelScope | None = None  # around the `async with` block
@@ -60,12 +60,11 @@ class Supervisor:
     @property
     def live_actors(self) -> int:
         """The number of actors that have not stopped for good."""
-        return len(self._cells)
+        return len(self._live)
 
     def get(self, name: str) -> ActorRef[object] | None:
         """The ref of the live actor called `name`, or None."""
-        cell = self._cells.get(name)
-        return None if cell is None else cell.ref
+        return self._live.get(name)
 
     def spawn(
         self,
@@ -86,16 +85,16 @@ class Supervisor:
         """
         if self._body is None:
             raise SupervisorNotRunningError("spawn() needs the supervisor's `async with` block")
-        if name in self._cells:
+        if name in self._live:
             raise ActorNameTakenError(f"an actor named {name!r} is already running")
-        cell: Cell[M] = Cell(name, factory, mailbox_size)
-        self._cells[name] = cell  # type: ignore[assignment]
+        ref = ActorRef(Cell(name, factory, mailbox_size))
+        self._live[name] = ref  # type: ignore[assignment]
         task = asyncio.get_running_loop().create_task(
-            self._supervise(cell, strategy or self._strategy, on_stop), name=name
+            self._supervise(ref, strategy or self._strategy, on_stop), name=name
         )
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
-        return cell.ref
+        return ref
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -103,8 +102,8 @@ class Supervisor:
         if error is not None:
             # What a task group does with a failed child: stop the rest, cancel the body.
             self._errors.append(error)
-            for cell in list(self._cells.values()):
-                cell.cancel()
+            for ref in list(self._live.values()):
+                ref._cell.cancel()
             if self._body is not None:
                 self._body.cancel()
         if not self._tasks and self._idle is not None and not self._idle.done():
@@ -112,8 +111,8 @@ class Supervisor:
 
     async def stop_all(self) -> None:
         """Ask every actor to stop now; leaving the block waits for them."""
-        for cell in list(self._cells.values()):
-            cell.cancel()
+        for ref in list(self._live.values()):
+            ref._cell.cancel()
 
     async def __aenter__(self) -> Self:
         if self._body is not None:
@@ -158,16 +157,17 @@ class Supervisor:
 
     async def _supervise(
         self,
-        cell: Cell[M],
+        ref: ActorRef[M],
         strategy: SupervisorStrategy,
         on_stop: Callable[[Exception | None], None] | None,
     ) -> None:
+        cell = ref._cell
         crashes: deque[float] = deque()
         fatal: Exception | None = None
         try:
             while not cell.stop_requested:
                 try:
-                    if await cell.run_incarnation():
+                    if await cell.run_incarnation(ref):
                         continue  # interrupted on purpose: start again at once
                 except Exception as error:
                     if cell.stop_requested:
@@ -185,7 +185,7 @@ class Supervisor:
                         cell.restarts += 1
         finally:
             # Free the name first: whoever handles the escalation may respawn it.
-            del self._cells[cell.name]
+            del self._live[cell.name]
             cell.finish()
             if on_stop is not None:
                 on_stop(fatal)
