@@ -2,6 +2,10 @@
 
 Tags (not class names) identify stored types, so renaming a class never
 breaks stored data. `SagaState.v` is the snapshot schema version.
+
+They are `gc=False`: frozen, holding only scalars, raw JSON and other such
+Structs, they cannot form reference cycles, so the cycle collector need not
+track the several a transition makes.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ class FailureKind(enum.StrEnum):
     """Not retried, yet may have taken effect (e.g. an unserializable result)."""
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """An error as recorded: its type's qualified name and its message."""
 
     type: str
@@ -97,7 +101,7 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return f"{self.type}: {self.message}" if self.message else self.type
 
 
-class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """The forward and compensation sides of one step, as persisted."""
 
     status: StepStatus = StepStatus.PENDING
@@ -112,7 +116,7 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     compensation_error: ErrorInfo | None = None
 
 
-class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A signal kept in a saga's inbox until a step waits for it."""
 
     name: str
@@ -121,7 +125,9 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     at: float = 0.0
 
 
-class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="saga"):
+class SagaState(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="saga", gc=False
+):
     """The snapshot: everything needed to carry on after a crash."""
 
     v: int = 1
