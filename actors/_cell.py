@@ -29,7 +29,6 @@ class Cell(Generic[M]):
         "is_stopped",
         "mailbox",
         "name",
-        "ref",
         "restarts",
         "stop_requested",
     )
@@ -38,7 +37,8 @@ class Cell(Generic[M]):
         self.name = name
         self.factory = factory
         self.mailbox: Mailbox[M] = Mailbox(name, capacity)
-        self.ref: ActorRef[M] = ActorRef(self)
+        # No reference back to the cell's `ActorRef` (which holds the cell): without
+        # the cycle a stopped actor is freed at once, not by the cycle collector.
         self.stop_requested = False
         self.interrupt_requested = False
         self.is_stopped = False
@@ -77,13 +77,12 @@ class Cell(Generic[M]):
         if self._scope is not None:
             self._scope.cancel()
 
-    async def run_incarnation(self) -> bool:
-        """Run one incarnation until it stops; True if it was interrupted (run it again).
-
-        A crash propagates.
+    async def run_incarnation(self, ref: ActorRef[M]) -> bool:
+        """Run one incarnation (`ref` is this cell's) until it stops; True if it was
+        interrupted (run it again). A crash propagates.
         """
         actor = self.factory()
-        actor._ref = self.ref
+        actor._ref = ref
         self.interrupt_requested = False
         if actor.spawns_children:
             await self._run_with_children(actor)

@@ -1,7 +1,8 @@
-"""`Supervisor`: owns actors in a task group and applies their strategy on a crash."""
+"""`Supervisor`: owns actors, one task each, and applies their strategy on a crash."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections import deque
@@ -10,7 +11,6 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 import anyio
-from anyio.abc import TaskGroup
 
 from ._actor import Actor
 from ._cell import Cell
@@ -27,13 +27,18 @@ logger = logging.getLogger("actors")
 
 
 class Supervisor:
-    """Runs actors as children of one task group.
+    """Runs actors as its children, like a task group does.
 
     Use it as an async context manager. When an actor crashes, its strategy
     decides: restart it (fresh instance, same mailbox and ref), stop it, or
     escalate: call `on_escalate` if given, else raise
-    `SupervisionEscalatedError` out of the supervisor's `async with`.
-    Leaving the block stops every actor.
+    `SupervisionEscalatedError` out of the supervisor's `async with`
+    (its body is cancelled, as a task group's is). Leaving the block stops
+    every actor and waits for them.
+
+    Each actor runs as a plain asyncio task (anyio's cancel scopes work in
+    it): a task-group task costs several times more to start, and a saga
+    runtime starts one actor per saga. asyncio only, like aiosqlite.
     """
 
     def __init__(
@@ -46,18 +51,20 @@ class Supervisor:
         self._strategy = strategy if strategy is not None else RestartWithBackoff()
         self._on_escalate = on_escalate
         self._rng = rng if rng is not None else random.Random()
-        self._cells: dict[str, Cell[object]] = {}
-        self._task_group: TaskGroup | None = None
+        self._live: dict[str, ActorRef[object]] = {}  # each ref holds its actor's cell
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._errors: list[BaseException] = []  # what escaped an actor's task
+        self._body: anyio.CancelScope | None = None  # around the `async with` block
+        self._idle: asyncio.Future[None] | None = None  # set when the last task ends
 
     @property
     def live_actors(self) -> int:
         """The number of actors that have not stopped for good."""
-        return len(self._cells)
+        return len(self._live)
 
     def get(self, name: str) -> ActorRef[object] | None:
         """The ref of the live actor called `name`, or None."""
-        cell = self._cells.get(name)
-        return None if cell is None else cell.ref
+        return self._live.get(name)
 
     def spawn(
         self,
@@ -76,25 +83,43 @@ class Supervisor:
         Raises `ActorNameTakenError` if a live actor has `name`, and
         `RuntimeError` outside the supervisor's `async with`.
         """
-        if self._task_group is None:
+        if self._body is None:
             raise SupervisorNotRunningError("spawn() needs the supervisor's `async with` block")
-        if name in self._cells:
+        if name in self._live:
             raise ActorNameTakenError(f"an actor named {name!r} is already running")
-        cell: Cell[M] = Cell(name, factory, mailbox_size)
-        self._cells[name] = cell  # type: ignore[assignment]
-        self._task_group.start_soon(
-            self._supervise, cell, strategy or self._strategy, on_stop, name=name
+        ref = ActorRef(Cell(name, factory, mailbox_size))
+        self._live[name] = ref  # type: ignore[assignment]
+        task = asyncio.get_running_loop().create_task(
+            self._supervise(ref, strategy or self._strategy, on_stop), name=name
         )
-        return cell.ref
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return ref
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            # What a task group does with a failed child: stop the rest, cancel the body.
+            self._errors.append(error)
+            for ref in list(self._live.values()):
+                ref._cell.cancel()
+            if self._body is not None:
+                self._body.cancel()
+        if not self._tasks and self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     async def stop_all(self) -> None:
         """Ask every actor to stop now; leaving the block waits for them."""
-        for cell in list(self._cells.values()):
-            cell.cancel()
+        for ref in list(self._live.values()):
+            ref._cell.cancel()
 
     async def __aenter__(self) -> Self:
-        self._task_group = anyio.create_task_group()
-        await self._task_group.__aenter__()
+        if self._body is not None:
+            raise RuntimeError("this Supervisor is already running")
+        self._errors = []
+        self._body = anyio.CancelScope()
+        self._body.__enter__()
         return self
 
     async def __aexit__(
@@ -103,34 +128,46 @@ class Supervisor:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        assert self._task_group is not None
+        body = self._body
+        assert body is not None
         await self.stop_all()
-        escalated: SupervisionEscalatedError | None = None
         try:
-            return await self._task_group.__aexit__(exc_type, exc, tb)
-        except ExceptionGroup as group:
-            # The task group wraps what an actor escalated; raise it as documented.
-            if len(group.exceptions) != 1 or not isinstance(
-                group.exceptions[0], SupervisionEscalatedError
-            ):
-                raise
-            escalated = group.exceptions[0]
+            # Wait for every actor even if we are cancelled: none may outlive the block.
+            with anyio.CancelScope(shield=True):
+                while self._tasks:
+                    self._idle = asyncio.get_running_loop().create_future()
+                    await self._idle
         finally:
-            self._task_group = None
-        raise escalated
+            self._idle = None
+            self._body = None
+        swallowed = body.__exit__(exc_type, exc, tb)
+        errors, self._errors = self._errors, []
+        if not errors:
+            return swallowed
+        own = (
+            exc is not None
+            and not swallowed
+            and not isinstance(exc, anyio.get_cancelled_exc_class())
+        )
+        if not own and len(errors) == 1 and isinstance(errors[0], SupervisionEscalatedError):
+            raise errors[0]  # documented: the escalation itself, not a group around it
+        raise BaseExceptionGroup(
+            "unhandled errors in a Supervisor", [*errors, *([exc] if own and exc else [])]
+        )
 
     async def _supervise(
         self,
-        cell: Cell[M],
+        ref: ActorRef[M],
         strategy: SupervisorStrategy,
         on_stop: Callable[[Exception | None], None] | None,
     ) -> None:
+        cell = ref._cell
         crashes: deque[float] = deque()
         fatal: Exception | None = None
         try:
             while not cell.stop_requested:
                 try:
-                    if await cell.run_incarnation():
+                    if await cell.run_incarnation(ref):
                         continue  # interrupted on purpose: start again at once
                 except Exception as error:
                     if cell.stop_requested:
@@ -148,7 +185,7 @@ class Supervisor:
                         cell.restarts += 1
         finally:
             # Free the name first: whoever handles the escalation may respawn it.
-            del self._cells[cell.name]
+            del self._live[cell.name]
             cell.finish()
             if on_stop is not None:
                 on_stop(fatal)

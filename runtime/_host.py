@@ -7,6 +7,7 @@ saga whose actor keeps crashing. The `Runtime` is its public face.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import random
@@ -57,7 +58,9 @@ class _Waiter:
     __slots__ = ("done", "state")
 
     def __init__(self) -> None:
-        self.done = anyio.Event()
+        # asyncio's own Event: anyio's costs several times more to make and wait on,
+        # and every `result()` makes one.
+        self.done = asyncio.Event()
         self.state: SagaState | None = None
 
 

@@ -9,6 +9,7 @@ A lock file keeps a second runtime off the same database.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import sqlite3
@@ -75,7 +76,7 @@ class SqliteStore:
         self._lock_fd: int | None = None
         self._task_group: TaskGroup | None = None
         self._batch = Batch()
-        self._has_work = anyio.Event()
+        self._has_work = asyncio.Event()  # set on every write: asyncio's is the cheaper
         self._closing = False
         self.batches_committed = 0
         self.rows_committed = 0
@@ -95,6 +96,7 @@ class SqliteStore:
             self._unlock()
             raise
         self._closing = False
+        self._has_work = asyncio.Event()  # bound to this event loop
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._write_loop, name="sagaloop-sqlite-writer")
@@ -196,7 +198,7 @@ class SqliteStore:
         return self._batch
 
     async def _wait(self, batch: Batch) -> None:
-        await batch.done.wait()
+        await batch.wait()
         if batch.failure is not None:
             raise StoreError(f"write to {self.path} failed: {batch.failure}") from batch.failure
 
@@ -208,12 +210,12 @@ class SqliteStore:
             pending = self._batch
             if len(pending):
                 pending.failure = StoreClosedError(f"store {self.path} closed before this write")
-                pending.done.set()
+                pending.finish()
 
     async def _write_batches(self) -> None:
         while True:
             await self._has_work.wait()
-            self._has_work = anyio.Event()
+            self._has_work.clear()
             batch, self._batch = self._batch, Batch()
             if len(batch):
                 with anyio.CancelScope(shield=True):
@@ -221,7 +223,7 @@ class SqliteStore:
                         await self._commit(batch)
                     except Exception as exc:
                         batch.failure = exc
-                batch.done.set()
+                batch.finish()
             if self._closing and not len(self._batch):
                 return
 

@@ -53,6 +53,9 @@ from ._store import InboxItem, Store
 
 logger = logging.getLogger("saga")
 
+_NOT_FRESH = (Recovered, Resumed)
+"""Events after which a step's intent may already have run (see `_carry_out`)."""
+
 
 @dataclass(frozen=True, slots=True)
 class SagaActorDeps:
@@ -247,7 +250,7 @@ class SagaActor(Actor[SagaMessage]):
                     await self._drop(exc)
                     return
                 self._state = new
-            fresh_intent = not isinstance(event, Recovered | Resumed)
+            fresh_intent = not isinstance(event, _NOT_FRESH)
             outcome = await self._carry_out(commands, fresh_intent)
             if outcome is not None:
                 queue.appendleft((outcome, None))
@@ -321,9 +324,12 @@ class SagaActor(Actor[SagaMessage]):
 
     def _results_view(self) -> Mapping[str, Any]:
         results = {}
+        steps = self._saga.steps
         for index, step_state in enumerate(self.state.steps):
             if step_state.status is StepStatus.SUCCEEDED:
-                results[self._saga.steps[index].name] = self._result(index)
+                results[steps[index].name] = (
+                    self._results[index] if index in self._results else self._result(index)
+                )
         return MappingProxyType(results)
 
     def _result(self, index: int) -> Any:

@@ -11,7 +11,10 @@ import msgspec
 from ._model import NULL, ErrorInfo, FailureKind
 
 
-class _Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="event"):
+# gc=False: frozen scalars and raw JSON cannot form cycles (see `_model`).
+class _Event(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="event", gc=False
+):
     at: float
 
 

@@ -2,6 +2,10 @@
 
 Tags (not class names) identify stored types, so renaming a class never
 breaks stored data. `SagaState.v` is the snapshot schema version.
+
+They are `gc=False`: frozen, holding only scalars, raw JSON and other such
+Structs, they cannot form reference cycles, so the cycle collector need not
+track the several a transition makes.
 """
 
 from __future__ import annotations
@@ -86,7 +90,7 @@ class FailureKind(enum.StrEnum):
     """Not retried, yet may have taken effect (e.g. an unserializable result)."""
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """An error as recorded: its type's qualified name and its message."""
 
     type: str
@@ -97,7 +101,7 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
         return f"{self.type}: {self.message}" if self.message else self.type
 
 
-class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """The forward and compensation sides of one step, as persisted."""
 
     status: StepStatus = StepStatus.PENDING
@@ -112,7 +116,7 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     compensation_error: ErrorInfo | None = None
 
 
-class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
     """A signal kept in a saga's inbox until a step waits for it."""
 
     name: str
@@ -121,7 +125,9 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     at: float = 0.0
 
 
-class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="saga"):
+class SagaState(
+    msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="saga", gc=False
+):
     """The snapshot: everything needed to carry on after a crash."""
 
     v: int = 1
@@ -146,23 +152,22 @@ class SagaState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, t
     @property
     def wake_at(self) -> float | None:
         """When the saga next needs waking without a message, if ever."""
-        due = [
-            t
-            for step in self.steps
-            for t in (step.retry_at, step.compensation_retry_at, step.wait_until)
-            if t is not None
-        ]
-        if self.deadline_at is not None and self.status in FORWARD:
-            due.append(self.deadline_at)
-        return min(due) if due else None
+        due = self.deadline_at if self.status in FORWARD else None
+        for step in self.steps:  # a plain loop: the writer asks this of every snapshot
+            for t in (step.retry_at, step.compensation_retry_at, step.wait_until):
+                if t is not None and (due is None or t < due):
+                    due = t
+        return due
 
     @property
     def in_flight(self) -> bool:
         """True when a step or compensation intent is durable but its outcome is not."""
-        forward = self.status is SagaStatus.RUNNING
-        backward = self.status is SagaStatus.COMPENSATING
-        return any(
-            (forward and step.status is StepStatus.RUNNING)
-            or (backward and step.compensation is CompensationStatus.RUNNING)
-            for step in self.steps
-        )
+        if self.status is SagaStatus.RUNNING:
+            for step in self.steps:
+                if step.status is StepStatus.RUNNING:
+                    return True
+        elif self.status is SagaStatus.COMPENSATING:
+            for step in self.steps:
+                if step.compensation is CompensationStatus.RUNNING:
+                    return True
+        return False

@@ -61,7 +61,10 @@ async def attempt_step(
 ) -> Event:
     """Run one attempt of `step`'s action; its outcome as an event."""
     try:
-        value = await call_with_timeout(step.timeout, step.action, ctx, saga_input)
+        if step.timeout is None:  # the usual case: no cancel scope, no extra frame
+            value = await step.action(ctx, saga_input)
+        else:
+            value = await call_with_timeout(step.timeout, step.action, ctx, saga_input)
     except StepTimeout as exc:
         return _step_failed(
             index, ctx, error_info(exc, timed_out=True), FailureKind.TRANSIENT, now, rng

@@ -20,14 +20,18 @@ from runtime import (
 )
 from runtime._schema import SCHEMA_VERSION
 from saga import (
+    ErrorInfo,
     Event,
+    FailureKind,
     Saga,
     SagaStarted,
     SagaState,
     Step,
     StepContext,
+    StepFailed,
     StepSucceeded,
     StoredSaga,
+    TimerFired,
     initial_state,
     transition,
 )
@@ -157,3 +161,44 @@ async def test_a_snapshot_of_another_sqlite_type_is_a_corrupt_saga(
         await store.create(saga, event)  # exactly-once create reads the row too
     await store.quarantine("odd", "wrong column type")
     assert await store.unfinished() == []
+
+
+# -- the writer's two kinds of UPDATE ---------------------------------------------
+
+
+async def test_indexed_columns_follow_every_save(store: SqliteStore) -> None:
+    saga, started = new_saga("s")
+    await store.create(saga, started)
+    columns = "SELECT status, seq, runnable, wake_at FROM sagas WHERE saga_id='s'"
+    assert sqlite_rows(store.path, columns) == [("running", 1, 1, None)]
+    failed = StepFailed(
+        at=T0 + 1,
+        step=0,
+        attempt=1,
+        error=ErrorInfo(type="builtins.ConnectionError", message="503"),
+        kind=FailureKind.TRANSIENT,
+    )
+    retrying = transition(PAIR, saga.state, failed).state
+    await store.save(retrying, failed)  # a retry is due: wake_at and runnable move
+    assert retrying.wake_at is not None
+    assert sqlite_rows(store.path, columns) == [("running", retrying.seq, 0, retrying.wake_at)]
+    again = transition(PAIR, retrying, TimerFired(at=retrying.wake_at)).state
+    await store.save(again, TimerFired(at=retrying.wake_at))  # and back
+    assert sqlite_rows(store.path, columns) == [("running", again.seq, 1, None)]
+
+
+async def test_two_saves_of_one_saga_in_one_batch_land_in_order(store: SqliteStore) -> None:
+    saga, started = new_saga("s")
+    await store.create(saga, started)
+    first, first_event = step_succeeded(saga.state, 0)  # indexed columns unchanged
+    second, second_event = step_succeeded(first, 1)  # completed: status and runnable change
+    before = store.batches_committed
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.save, first, first_event)
+        tg.start_soon(store.save, second, second_event)
+    assert store.batches_committed == before + 1
+    assert (await store.load("s")).state == second
+    assert sqlite_rows(store.path, "SELECT status, seq, runnable FROM sagas") == [
+        ("completed", second.seq, 0)
+    ]
+    assert [entry.seq for entry in await store.history("s")] == [1, first.seq, second.seq]
