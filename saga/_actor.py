@@ -21,9 +21,8 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Any
 
 import msgspec
@@ -323,19 +322,13 @@ class SagaActor(Actor[SagaMessage]):
         )
 
     def _results_view(self) -> Mapping[str, Any]:
-        results = {}
-        steps = self._saga.steps
-        for index, step_state in enumerate(self.state.steps):
-            if step_state.status is StepStatus.SUCCEEDED:
-                results[steps[index].name] = (
-                    self._results[index] if index in self._results else self._result(index)
-                )
-        return MappingProxyType(results)
+        # Decoded on first use: most steps never look at the results of earlier ones.
+        return _EarlierResults(self, self.state)
 
-    def _result(self, index: int) -> Any:
+    def _result(self, index: int, state: SagaState | None = None) -> Any:
         if index not in self._results:
             step = self._saga.steps[index]
-            raw = self.state.steps[index].result
+            raw = (state or self.state).steps[index].result
             self._results[index] = decode_payload(
                 bytes(raw), step.result_type, f"result of step {step.name!r}"
             )
@@ -374,3 +367,37 @@ class SagaActor(Actor[SagaMessage]):
         return await attempt_compensation(
             step, index, ctx, self._input, recorded, self._deps.clock.now, self._deps.rng
         )
+
+
+class _EarlierResults(Mapping[str, Any]):
+    """`StepContext.results`: the results of the steps that succeeded, as of one snapshot,
+    decoded when first read."""
+
+    __slots__ = ("_actor", "_decoded", "_state")
+
+    def __init__(self, actor: SagaActor, state: SagaState) -> None:
+        self._actor = actor
+        self._state = state
+        self._decoded: dict[str, Any] | None = None
+
+    def _all(self) -> dict[str, Any]:
+        if self._decoded is None:
+            steps = self._actor._saga.steps
+            self._decoded = {
+                steps[index].name: self._actor._result(index, self._state)
+                for index, step_state in enumerate(self._state.steps)
+                if step_state.status is StepStatus.SUCCEEDED
+            }
+        return self._decoded
+
+    def __getitem__(self, name: str) -> Any:
+        return self._all()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+    def __repr__(self) -> str:
+        return repr(self._all())
