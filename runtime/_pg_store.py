@@ -48,10 +48,11 @@ from saga import (
 
 from ._codec import decode_event
 from ._errors import SchemaVersionError
+from ._listing import listing_query
 from ._pg_schema import LIVE, MIGRATION_LOCK_KEY, MIGRATIONS, SCHEMA_VERSION, check_schema_name
-from ._pg_writer import PgBatch, PgCreate, PgDeliver, PgSave, commit_batch
+from ._pg_writer import PgBatch, commit_batch
 from ._sqlite_store import StoreClosedError
-from ._sqlite_writer import stored_saga
+from ._writes import Create, Deliver, Save, stored_saga
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
@@ -461,7 +462,7 @@ class PostgresStore:
             raise StoreError(f"write to PostgreSQL failed: {batch.failure}") from batch.failure
 
     async def create(self, saga: StoredSaga, event: Event) -> StoredSaga | None:
-        op = PgCreate(saga, event)
+        op = Create(saga, event)
         batch = self._enqueue()
         batch.creates.append(op)
         await self._wait(batch)
@@ -479,7 +480,7 @@ class PostgresStore:
             if not await self._fetch("SELECT 1 FROM sagas WHERE saga_id = $1", state.saga_id):
                 raise SagaNotFound(state.saga_id)
             raise LeaseLostError(f"saga {state.saga_id!r} is not held by this runtime")
-        op = PgSave(state, event, epoch, consumed)
+        op = Save(state, event, consumed, epoch)
         batch = self._enqueue()
         batch.saves.append(op)
         await self._wait(batch)
@@ -491,7 +492,7 @@ class PostgresStore:
             del self._epochs[state.saga_id]  # ended or suspended: the row has no owner now
 
     async def deliver(self, item: InboxItem) -> bool:
-        op = PgDeliver(item)
+        op = Deliver(item)
         batch = self._enqueue()
         batch.deliveries.append(op)
         await self._wait(batch)
@@ -685,24 +686,13 @@ class PostgresStore:
         after: str | None = None,
         limit: int = 100,
     ) -> Sequence[SagaRow]:
-        clauses: list[str] = []
-        args: list[object] = []
-        for column, value in (
-            ("status", status),
-            ("saga_name", saga_name),
-            ("waiting_for", waiting_for),
-        ):
-            if value is not None:
-                args.append(value)
-                clauses.append(f"{column} = ${len(args)}")
-        if after is not None:
-            args.append(after)
-            clauses.append(f"saga_id > ${len(args)}")
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        args.append(limit)
-        rows = await self._fetch(
-            "SELECT saga_id, saga_name, status, waiting_for, wake_at, updated_at FROM sagas "
-            f"{where} ORDER BY saga_id LIMIT ${len(args)}",
-            *args,
+        sql, params = listing_query(
+            saga_name=saga_name,
+            status=status,
+            waiting_for=waiting_for,
+            after=after,
+            limit=limit,
+            placeholder=lambda n: f"${n}",
         )
+        rows = await self._fetch(sql, *params)
         return [SagaRow(*row) for row in rows]

@@ -21,53 +21,25 @@ from asyncpg.pool import PoolConnectionProxy
 
 from saga import (
     CorruptSagaError,
-    Event,
-    InboxItem,
     LeaseLostError,
     SagaEndedError,
     SagaNotFound,
-    SagaState,
     StaleStateError,
-    StoredSaga,
     StoreError,
 )
 
 from ._codec import encode_event, encode_state
 from ._pg_schema import TERMINAL
-from ._sqlite_writer import stored_saga
+from ._writes import Create, Deliver, Save, stored_saga
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 @dataclass(slots=True, eq=False)
-class PgCreate:
-    saga: StoredSaga
-    event: Event
-    existing: StoredSaga | None = None
-    error: Exception | None = None
-
-
-@dataclass(slots=True, eq=False)
-class PgSave:
-    state: SagaState
-    event: Event
-    epoch: int
-    consumed: int | None = None
-    error: Exception | None = None
-
-
-@dataclass(slots=True, eq=False)
-class PgDeliver:
-    item: InboxItem
-    accepted: bool = False
-    error: Exception | None = None
-
-
-@dataclass(slots=True, eq=False)
 class PgBatch:
-    creates: list[PgCreate] = field(default_factory=list)
-    saves: list[PgSave] = field(default_factory=list)
-    deliveries: list[PgDeliver] = field(default_factory=list)
+    creates: list[Create] = field(default_factory=list)
+    saves: list[Save] = field(default_factory=list)
+    deliveries: list[Deliver] = field(default_factory=list)
     releases: list[tuple[str, int]] = field(default_factory=list)
     quarantines: list[tuple[str, str]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -212,10 +184,10 @@ async def commit_batch(
         raise CommitOutcomeUnknown(f"PostgreSQL failed during COMMIT: {exc}") from exc
 
 
-async def _create(conn: Connection, creates: list[PgCreate], owner: str | None) -> bool:
+async def _create(conn: Connection, creates: list[Create], owner: str | None) -> bool:
     """Insert the new sagas, owned by `owner`; True if any was new."""
     # One row per id per statement; a duplicate within the batch is answered below.
-    first: dict[str, PgCreate] = {}
+    first: dict[str, Create] = {}
     for op in creates:
         first.setdefault(op.saga.saga_id, op)
     columns: list[list[object]] = [[] for _ in range(13)]
@@ -261,13 +233,13 @@ async def _create(conn: Connection, creates: list[PgCreate], owner: str | None) 
     return bool(inserted)
 
 
-async def _save(conn: Connection, saves: list[PgSave], runtime_id: str) -> None:
+async def _save(conn: Connection, saves: list[Save], runtime_id: str) -> None:
     # One statement per round; a saga saved twice in one batch (rare) takes two rounds.
     pending = saves
     while pending:
         seen: set[str] = set()
-        this_round: list[PgSave] = []
-        later: list[PgSave] = []
+        this_round: list[Save] = []
+        later: list[Save] = []
         for op in pending:
             saga_id = op.state.saga_id
             (later if saga_id in seen else this_round).append(op)
@@ -277,7 +249,7 @@ async def _save(conn: Connection, saves: list[PgSave], runtime_id: str) -> None:
         pending = later
 
 
-async def _save_round(conn: Connection, saves: list[PgSave], runtime_id: str) -> None:
+async def _save_round(conn: Connection, saves: list[Save], runtime_id: str) -> None:
     columns: list[list[object]] = [[] for _ in range(12)]
     for op in saves:
         state = op.state
@@ -323,7 +295,7 @@ async def _save_round(conn: Connection, saves: list[PgSave], runtime_id: str) ->
             )
 
 
-async def _deliver(conn: Connection, op: PgDeliver, runtime_id: str, channel_prefix: str) -> None:
+async def _deliver(conn: Connection, op: Deliver, runtime_id: str, channel_prefix: str) -> None:
     item = op.item
     tag = "c:" if item.kind == "cancel" else "n:"
     row = await conn.fetchrow(

@@ -38,7 +38,9 @@ from saga import (
 
 from ._codec import decode_event
 from ._errors import StoreLockedError
-from ._sqlite_writer import Batch, BatchWriter, Create, Deliver, Save, stored_saga
+from ._listing import listing_query
+from ._sqlite_writer import Batch, BatchWriter
+from ._writes import Create, Deliver, Save, stored_saga
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -339,26 +341,15 @@ class SqliteStore:
         after: str | None = None,
         limit: int = 100,
     ) -> Sequence[SagaRow]:
-        clauses: list[str] = []
-        params: list[object] = []
-        for column, value in (
-            ("status", status),
-            ("saga_name", saga_name),
-            ("waiting_for", waiting_for),
-        ):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if after is not None:
-            clauses.append("saga_id > ?")
-            params.append(after)
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = await _fetch(
-            self._read_conn(),
-            "SELECT saga_id, saga_name, status, waiting_for, wake_at, updated_at FROM sagas "
-            f"{where} ORDER BY saga_id LIMIT ?",
-            [*params, limit],
+        sql, params = listing_query(
+            saga_name=saga_name,
+            status=status,
+            waiting_for=waiting_for,
+            after=after,
+            limit=limit,
+            placeholder=lambda _: "?",
         )
+        rows = await _fetch(self._read_conn(), sql, params)
         return [SagaRow(*row) for row in rows]
 
 

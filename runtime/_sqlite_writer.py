@@ -20,47 +20,22 @@ from pathlib import Path
 
 from saga import (
     CorruptSagaError,
-    Event,
-    InboxItem,
     SagaEndedError,
     SagaNotFound,
-    SagaState,
     SagaStatus,
     StaleStateError,
     StoredSaga,
 )
 
-from ._codec import decode_state, encode_event, encode_state
+from ._codec import encode_event, encode_state
 from ._errors import SchemaVersionError
 from ._schema import MIGRATIONS, SCHEMA_VERSION
+from ._writes import Create, Deliver, Save, stored_saga
 
 _SELECT_CHUNK = 500
 _INDEXED = "status, wake_at, runnable"
 """The columns of `sagas` a transition can change that its indexes cover."""
 _ENDED = frozenset(status.value for status in SagaStatus if status.is_terminal)
-
-
-@dataclass(slots=True, eq=False)
-class Create:
-    saga: StoredSaga
-    event: Event
-    existing: StoredSaga | None = None
-    error: Exception | None = None
-
-
-@dataclass(slots=True, eq=False)
-class Save:
-    state: SagaState
-    event: Event
-    consumed: int | None = None
-    error: Exception | None = None
-
-
-@dataclass(slots=True, eq=False)
-class Deliver:
-    item: InboxItem
-    accepted: bool = False
-    error: Exception | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -300,28 +275,3 @@ class BatchWriter:
                     (item.saga_id, item.kind, item.name, item.payload.decode(), item.key, item.at),
                 )
                 op.accepted = cursor.rowcount == 1
-
-
-def stored_saga(
-    saga_id: object,
-    saga_name: object,
-    input_text: object,
-    snapshot: object,
-    seq: object = None,
-) -> StoredSaga:
-    """A row as a `StoredSaga`; raises `CorruptSagaError` when it cannot be decoded,
-    or when the snapshot is not the row's (`seq`, `saga_name` differ)."""
-    sid = str(saga_id)
-    if not isinstance(input_text, str | bytes):
-        raise CorruptSagaError(sid, "input column is not JSON text")
-    if not isinstance(snapshot, str | bytes):
-        raise CorruptSagaError(sid, "snapshot column is not JSON text")
-    data = input_text.encode() if isinstance(input_text, str) else input_text
-    state = decode_state(sid, snapshot)
-    if seq is not None and state.seq != seq:
-        raise CorruptSagaError(sid, f"snapshot #{state.seq} in a row at #{seq}")
-    if state.saga_name != saga_name:
-        raise CorruptSagaError(
-            sid, f"snapshot of a {state.saga_name!r} saga in a {saga_name!r} row"
-        )
-    return StoredSaga(sid, str(saga_name), data, state)

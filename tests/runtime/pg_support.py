@@ -33,7 +33,7 @@ from runtime import Runtime, SagaCompensated
 from runtime._codec import decode_event
 from runtime._info import saga_info
 from runtime._pg_store import PostgresStore
-from runtime._sqlite_writer import stored_saga
+from runtime._writes import stored_saga
 from saga import HistoryEntry, Recovered, Saga
 
 from .crash_child import DONE, READY, build_checkout, plan_for

@@ -1,0 +1,63 @@
+"""The writes both stores batch, and how a stored row becomes a `StoredSaga`.
+
+Each op carries its own outcome (`existing`, `accepted`, `error`): one batch
+commits many ops, and a refusal of one does not fail the others.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from saga import CorruptSagaError, Event, InboxItem, SagaState, StoredSaga
+
+from ._codec import decode_state
+
+
+@dataclass(slots=True, eq=False)
+class Create:
+    saga: StoredSaga
+    event: Event
+    existing: StoredSaga | None = None
+    error: Exception | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Save:
+    state: SagaState
+    event: Event
+    consumed: int | None = None
+    epoch: int = 0
+    """The epoch the writer holds (shared stores fence on it)."""
+    error: Exception | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Deliver:
+    item: InboxItem
+    accepted: bool = False
+    error: Exception | None = None
+
+
+def stored_saga(
+    saga_id: object,
+    saga_name: object,
+    input_text: object,
+    snapshot: object,
+    seq: object = None,
+) -> StoredSaga:
+    """A row as a `StoredSaga`; raises `CorruptSagaError` when it cannot be decoded,
+    or when the snapshot is not the row's (`seq`, `saga_name` differ)."""
+    sid = str(saga_id)
+    if not isinstance(input_text, str | bytes):
+        raise CorruptSagaError(sid, "input column is not JSON text")
+    if not isinstance(snapshot, str | bytes):
+        raise CorruptSagaError(sid, "snapshot column is not JSON text")
+    data = input_text.encode() if isinstance(input_text, str) else input_text
+    state = decode_state(sid, snapshot)
+    if seq is not None and state.seq != seq:
+        raise CorruptSagaError(sid, f"snapshot #{state.seq} in a row at #{seq}")
+    if state.saga_name != saga_name:
+        raise CorruptSagaError(
+            sid, f"snapshot of a {state.saga_name!r} saga in a {saga_name!r} row"
+        )
+    return StoredSaga(sid, str(saga_name), data, state)
