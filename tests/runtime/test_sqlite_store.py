@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 import pytest
 
 from runtime import (
@@ -21,42 +20,12 @@ from runtime import (
 from runtime._schema import SCHEMA_VERSION
 from saga import (
     ErrorInfo,
-    Event,
     FailureKind,
-    Saga,
-    SagaStarted,
-    SagaState,
-    Step,
-    StepContext,
     StepFailed,
-    StepSucceeded,
-    StoredSaga,
     TimerFired,
-    initial_state,
     transition,
 )
-
-
-async def _noop(ctx: StepContext, saga_input: Any) -> Any:
-    return None
-
-
-PAIR = Saga("pair", [Step("first", _noop), Step("second", _noop)])
-T0 = 1_000.0
-
-
-def new_saga(saga_id: str, data: bytes = b'{"n":1}', at: float = T0) -> tuple[StoredSaga, Event]:
-    """A saga as `Runtime.spawn` stores it: the snapshot after `SagaStarted` (seq 1)."""
-    started = SagaStarted(at=at)
-    first = transition(PAIR, initial_state(PAIR, saga_id), started)
-    return StoredSaga(saga_id, PAIR.name, data, first.state), started
-
-
-def step_succeeded(
-    state: SagaState, step: int, result: bytes = b'{"ok":true}'
-) -> tuple[SagaState, Event]:
-    event = StepSucceeded(at=state.updated_at + 1, step=step, attempt=1, result=msgspec.Raw(result))
-    return transition(PAIR, state, event).state, event
+from tests.runtime.test_store_contract import PAIR, T0, new_saga, step_succeeded
 
 
 def sqlite_rows(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
