@@ -55,13 +55,14 @@ _CLAIM_PAGE = 50
 class _Waiter:
     """Woken when a saga's actor stops; carries the final state when it finished."""
 
-    __slots__ = ("done", "state")
+    __slots__ = ("done", "state", "users")
 
     def __init__(self) -> None:
         # asyncio's own Event: anyio's costs several times more to make and wait on,
         # and every `result()` makes one.
         self.done = asyncio.Event()
         self.state: SagaState | None = None
+        self.users = 0
 
 
 class SagaHost:
@@ -79,6 +80,8 @@ class SagaHost:
     ) -> None:
         self._store = store
         self.shared: SharedStore | None = store if isinstance(store, SharedStore) else None
+        if self.shared is not None:
+            self.shared.saga_names = frozenset(sagas)
         self._sagas = sagas
         self._clock = clock
         self._mailbox_size = mailbox_size
@@ -89,6 +92,8 @@ class SagaHost:
         self._retry_delays: dict[str, float] = {}
         self._task_group: TaskGroup | None = None
         self.claims_wanted = anyio.Event()
+        self.stopping = False
+        """Set as the runtime begins to stop: no actor starts after that."""
         self._deps = SagaActorDeps(
             store=store,
             clock=clock,
@@ -102,6 +107,7 @@ class SagaHost:
 
     def bind(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
+        self.stopping = False
         if self.shared is not None:
             self.shared.on_notice(self._on_notice)
 
@@ -126,6 +132,10 @@ class SagaHost:
         # have started a new one meanwhile: wait for that one too.
         while (previous := self.supervisor.get(saga_id)) is not None:
             await previous.join()
+        if self.stopping:
+            raise RuntimeNotRunningError(
+                f"the runtime is stopping; saga {saga_id!r} is durable and runs at the next start"
+            )
         pending = [fresh] if fresh is not None else []
         nudges = self._nudges[saga_id] = Nudges()
 
@@ -157,6 +167,8 @@ class SagaHost:
         another live runtime owns it, that runtime was notified and this
         one does nothing.
         """
+        if self.stopping:
+            return  # durable: the next start (or, on a shared store, another runtime) runs it
         ref = self.supervisor.get(saga_id)
         nudges = self._nudges.get(saga_id)
         if ref is not None and nudges is not None:
@@ -182,9 +194,11 @@ class SagaHost:
                     self.shared.release(saga_id)  # a runtime that knows it may take it
                 return
             await self.start(saga, saga_id, None, wake=wake)
-        except BaseException:
+        except BaseException as exc:
             if self.shared is not None and not self.is_live(saga_id):
                 self.shared.release(saga_id)
+            if self.stopping and isinstance(exc, RuntimeNotRunningError):
+                return
             raise
 
     def _on_notice(self, notice: Notice) -> None:
@@ -215,6 +229,14 @@ class SagaHost:
                         await self.activate(orphan.saga_id, orphan.saga_name, claimed=True)
                     if len(page) < _CLAIM_PAGE:
                         break
+                # Our own sagas: a notice may have been lost, or an activation's outcome
+                # was unknown (a claim or a create whose reply never came).
+                for owned in await shared.owned_with_work(self._clock.now()):
+                    if self.is_live(owned.saga_id):
+                        if owned.inbox:
+                            await self.nudge(owned.saga_id, owned.saga_name, cancel=owned.cancel)
+                    else:
+                        await self.activate(owned.saga_id, owned.saga_name)
             except Exception:
                 logger.exception("the sweep for orphaned sagas failed; it runs again shortly")
             with anyio.move_on_after(shared.poll_interval):
@@ -248,7 +270,7 @@ class SagaHost:
         waiter = self._waiters.pop(saga_id, None)
         if waiter is not None:
             waiter.done.set()
-        if nudges.inbox and error is None and self._task_group is not None:
+        if nudges.inbox and error is None and self._task_group is not None and not self.stopping:
             # A nudge landed as the actor stopped: bring it back for its inbox.
             self._task_group.start_soon(self.activate, saga_id, None)
 
@@ -258,18 +280,24 @@ class SagaHost:
         if waiter is not None:
             waiter.state = state
 
-    async def wait(self, saga_id: str) -> SagaState | None:
-        """Wait until the saga's actor stops; its final state if it finished."""
+    def arm_waiter(self, saga_id: str) -> _Waiter:
+        """Register interest before checking the store, so no wake-up is missed."""
         waiter = self._waiters.get(saga_id)
         if waiter is None:
             waiter = self._waiters[saga_id] = _Waiter()
+        waiter.users += 1
+        return waiter
+
+    def disarm_waiter(self, saga_id: str, waiter: _Waiter) -> None:
+        """Done with `waiter`: forget it unless someone else, or a live actor, needs it."""
+        waiter.users -= 1
+        if waiter.users == 0 and self._waiters.get(saga_id) is waiter and not self.is_live(saga_id):
+            del self._waiters[saga_id]
+
+    async def wait(self, waiter: _Waiter) -> SagaState | None:
+        """Wait until the saga's actor stops; its final state if it finished."""
         await waiter.done.wait()
         return waiter.state
-
-    def waiter_armed(self, saga_id: str) -> None:
-        """Register interest before checking the store, so no wake-up is missed."""
-        if saga_id not in self._waiters:
-            self._waiters[saga_id] = _Waiter()
 
     async def _try_again(self, saga_id: str, delay: float) -> None:
         while True:

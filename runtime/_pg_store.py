@@ -38,6 +38,7 @@ from saga import (
     InboxItem,
     LeaseLostError,
     Notice,
+    OwnedSaga,
     SagaNotFound,
     SagaRow,
     SagaState,
@@ -99,12 +100,16 @@ _OWNER_IS_GONE = """(s.owner IS NULL OR NOT EXISTS (
     SELECT 1 FROM runtimes r WHERE r.runtime_id = s.owner AND r.lease_until > clock_timestamp()))"""
 """SQL: saga `s` has no owner with a live lease."""
 
+_SELF_IS_LIVE = """EXISTS (
+    SELECT 1 FROM runtimes me WHERE me.runtime_id = $1 AND me.lease_until > clock_timestamp())"""
+"""SQL: the claiming runtime's own lease is live (one that lapsed must not take sagas)."""
+
 _CLAIM = f"""
 UPDATE sagas s SET owner = $1,
     -- a runtime that owns it already keeps its epoch: its own actor may be writing
     epoch = CASE WHEN s.owner = $1 THEN s.epoch ELSE s.epoch + 1 END
 WHERE s.saga_id = $2 AND s.status NOT IN ('completed', 'compensated', 'failed')
-  AND (s.owner = $1 OR s.status = 'suspended' OR {_OWNER_IS_GONE})
+  AND (s.owner = $1 OR s.status = 'suspended' OR {_OWNER_IS_GONE}) AND {_SELF_IS_LIVE}
 RETURNING s.epoch
 """
 
@@ -117,13 +122,24 @@ WITH candidates AS (
     SELECT DISTINCT saga_id FROM inbox
 ), picked AS (
     SELECT s.saga_id FROM sagas s JOIN candidates c USING (saga_id)
-    WHERE s.status IN {LIVE} AND {_OWNER_IS_GONE}
+    WHERE s.status IN {LIVE} AND {_OWNER_IS_GONE} AND {_SELF_IS_LIVE}
+      AND ($4::text[] IS NULL OR s.saga_name = ANY($4))
     LIMIT $3
     FOR UPDATE OF s SKIP LOCKED
 )
 UPDATE sagas s SET owner = $1, epoch = s.epoch + 1
 FROM picked WHERE s.saga_id = picked.saga_id
 RETURNING s.saga_id, s.saga_name, s.epoch
+"""
+
+_OWNED_WITH_WORK = f"""
+SELECT s.saga_id, s.saga_name,
+       EXISTS (SELECT 1 FROM inbox i WHERE i.saga_id = s.saga_id) AS inbox,
+       EXISTS (SELECT 1 FROM inbox i WHERE i.saga_id = s.saga_id AND i.kind = 'cancel') AS cancel
+FROM sagas s
+WHERE s.owner = $1 AND s.status IN {LIVE}
+  AND (EXISTS (SELECT 1 FROM inbox i WHERE i.saga_id = s.saga_id)
+       OR (NOT s.saga_id = ANY($2) AND (s.runnable OR s.wake_at <= $3)))
 """
 
 _RENEW = """
@@ -180,6 +196,10 @@ class PostgresStore:
         self._runtime_id = f"rt{uuid.uuid4().hex[:20]}"
         self._pool: asyncpg.Pool | None = None
         self._epochs: dict[str, int] = {}
+        # Sagas whose hand-back is queued or committing, and the batch that carries it.
+        self._releasing: dict[str, PgBatch] = {}
+        self.saga_names: frozenset[str] | None = None
+        """The sagas the runtime has definitions for: it claims no others (None: any)."""
         self._notice_handler: Callable[[Notice], None] | None = None
         self._batch = PgBatch()
         self._has_work = asyncio.Event()
@@ -217,6 +237,9 @@ class PostgresStore:
 
     async def __aenter__(self) -> Self:
         self._closing = False
+        # A new id at each opening: a store reopened after an unclean close is a new runtime.
+        self._runtime_id = f"rt{uuid.uuid4().hex[:20]}"
+        self._epochs.clear()
         try:
             self._pool = await asyncpg.create_pool(
                 self.dsn,
@@ -345,7 +368,7 @@ class PostgresStore:
                             timeout=self.lease,
                             server_settings={"search_path": self.schema},
                         )
-                    await self._renew(conn)
+                    await asyncio.wait_for(self._renew(conn), timeout=self.lease / 3)
                     delay = self.lease / 3
                 except _CONNECTION_TROUBLE as exc:
                     delay = min(self.lease / 3, 0.5)
@@ -411,7 +434,8 @@ class PostgresStore:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), timeout=self.lease)
                     if not lost.is_set():
-                        await conn.execute("SELECT 1")  # notices a silently dead socket
+                        # notices a silently dead socket
+                        await asyncio.wait_for(conn.execute("SELECT 1"), timeout=self.lease)
             except _CONNECTION_TROUBLE as exc:
                 logger.warning("notice connection lost (%s); reconnecting in %.1f s", exc, delay)
             finally:
@@ -424,6 +448,11 @@ class PostgresStore:
     # -- ownership ---------------------------------------------------------
 
     async def claim(self, saga_id: str) -> bool:
+        # A claim by the owner keeps the epoch its own pending hand-back is fenced on:
+        # let that hand-back land first, or it would undo this claim.
+        pending = self._releasing.get(saga_id)
+        if pending is not None:
+            await pending.done.wait()
         rows = await self._fetch(_CLAIM, self._runtime_id, saga_id)
         if not rows:
             return False
@@ -436,13 +465,19 @@ class PostgresStore:
         if epoch is None or self._closing or self._pool is None:
             return
         self._batch.releases.append((saga_id, epoch))
+        self._releasing[saga_id] = self._batch
         self._has_work.set()
 
     async def claim_orphans(self, now: float, limit: int) -> Sequence[UnfinishedSaga]:
-        rows = await self._fetch(_CLAIM_ORPHANS, self._runtime_id, now, limit)
+        names = None if self.saga_names is None else sorted(self.saga_names)
+        rows = await self._fetch(_CLAIM_ORPHANS, self._runtime_id, now, limit, names)
         for row in rows:
             self._epochs[row["saga_id"]] = row["epoch"]
         return [UnfinishedSaga(row["saga_id"], row["saga_name"]) for row in rows]
+
+    async def owned_with_work(self, now: float) -> Sequence[OwnedSaga]:
+        rows = await self._fetch(_OWNED_WITH_WORK, self._runtime_id, list(self._epochs), now)
+        return [OwnedSaga(*row) for row in rows]
 
     def holds(self, saga_id: str) -> bool:
         """Whether this runtime holds `saga_id` (as far as it knows)."""
@@ -501,8 +536,15 @@ class PostgresStore:
         return op.accepted
 
     async def quarantine(self, saga_id: str, reason: str) -> None:
+        if self._pool is None or self._closing:
+            raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
+        epoch = self._epochs.get(saga_id)
+        if epoch is None:
+            # Fenced like any write: a runtime that does not hold the saga leaves it alone.
+            logger.warning("saga %r not quarantined: this runtime does not hold it", saga_id)
+            return
         batch = self._enqueue()
-        batch.quarantines.append((saga_id, reason))
+        batch.quarantines.append((saga_id, reason, epoch))
         await self._wait(batch)
         self._epochs.pop(saga_id, None)
 
@@ -532,6 +574,7 @@ class PostgresStore:
             pending = self._batch
             if len(pending):
                 pending.failure = StoreClosedError("PostgreSQL store closed before this write")
+                self._releasing.clear()
                 pending.done.set()
 
     async def _commit_and_wake(self, batch: PgBatch, slots: asyncio.Semaphore) -> None:
@@ -541,6 +584,9 @@ class PostgresStore:
             batch.failure = exc
         finally:
             slots.release()
+            for saga_id, _ in batch.releases:
+                if self._releasing.get(saga_id) is batch:
+                    del self._releasing[saga_id]
             batch.done.set()
 
     async def _commit(self, batch: PgBatch) -> None:

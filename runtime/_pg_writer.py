@@ -41,7 +41,7 @@ class PgBatch:
     saves: list[Save] = field(default_factory=list)
     deliveries: list[Deliver] = field(default_factory=list)
     releases: list[tuple[str, int]] = field(default_factory=list)
-    quarantines: list[tuple[str, str]] = field(default_factory=list)
+    quarantines: list[tuple[str, str, int]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     failure: BaseException | None = None
 
@@ -106,8 +106,9 @@ WITH v AS (
     INSERT INTO history (saga_id, seq, at, event)
     SELECT v.saga_id, v.seq, v.at, v.event FROM v JOIN upd USING (saga_id)
 ), applied AS (
+    -- the item this transition applied; and every item of a saga that just ended
     DELETE FROM inbox i USING v JOIN upd USING (saga_id)
-    WHERE i.id = v.consumed AND i.saga_id = v.saga_id
+    WHERE i.saga_id = v.saga_id AND (i.id = v.consumed OR v.status IN {TERMINAL})
 )
 SELECT saga_id FROM upd
 """
@@ -135,7 +136,10 @@ FROM unnest($2::text[], $3::bigint[]) AS v(saga_id, epoch)
 WHERE s.saga_id = v.saga_id AND s.epoch = v.epoch AND s.owner = $1
 """
 
-_QUARANTINE = "UPDATE sagas SET status = 'suspended', error = $2, owner = NULL WHERE saga_id = $1"
+_QUARANTINE = (
+    "UPDATE sagas SET status = 'suspended', error = $2, owner = NULL "
+    "WHERE saga_id = $1 AND owner = $3 AND epoch = $4"
+)
 
 
 class CommitOutcomeUnknown(StoreError):
@@ -172,8 +176,8 @@ async def commit_batch(
         if batch.releases:
             ids, epochs = zip(*batch.releases, strict=True)
             await conn.execute(_RELEASE, runtime_id, list(ids), list(epochs))
-        for saga_id, reason in batch.quarantines:
-            await conn.execute(_QUARANTINE, saga_id, reason)
+        for saga_id, reason, epoch in batch.quarantines:
+            await conn.execute(_QUARANTINE, saga_id, reason, runtime_id, epoch)
     except BaseException:
         with contextlib.suppress(Exception):
             await transaction.rollback()

@@ -30,6 +30,7 @@ from saga import (
     SagaStarted,
     SagaState,
     SagaStatus,
+    StaleStateError,
     Store,
     StoredSaga,
     StoreError,
@@ -70,6 +71,17 @@ def _postgres_store(dsn: str) -> Store:
             "a postgresql:// database needs asyncpg: pip install 'sagaloop[postgres]'"
         ) from exc
     return PostgresStore(dsn)
+
+
+_MAX_TEXT = 1000
+
+
+def _check_text(value: str, what: str) -> None:
+    """Ids, keys and names are stored and indexed as text by every store: keep them storable."""
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL characters")
+    if len(value.encode()) > _MAX_TEXT:
+        raise ValueError(f"{what} must be at most {_MAX_TEXT} bytes of UTF-8")
 
 
 DEFAULT_SUPERVISION = RestartWithBackoff(
@@ -187,6 +199,7 @@ class Runtime:
         tb: TracebackType | None,
     ) -> bool | None:
         stack, self._stack = self._stack, None
+        self._host.stopping = True  # no actor starts from here on; the running ones stop
         try:
             if stack is not None:
                 return await stack.__aexit__(exc_type, exc, tb)
@@ -229,6 +242,7 @@ class Runtime:
             saga_id = uuid.uuid4().hex
         elif not isinstance(saga_id, str) or not saga_id.strip():
             raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r}")
+        _check_text(saga_id, "saga_id")
         data = encode_payload(input, f"input of saga {definition.name!r}")
         decode_payload(data, definition.input_type, f"input of saga {definition.name!r}")
         started = SagaStarted(at=self._clock.now())
@@ -273,24 +287,36 @@ class Runtime:
         `CorruptSagaError` if its snapshot cannot be decoded.
         """
         self._check_running()
-        if self._host.shared is not None:
-            await self._host.shared.claim(saga_id)  # a suspended saga is anyone's to resume
-        stored = await self._store.load(saga_id)
-        if stored.state.status is not SagaStatus.SUSPENDED:
-            raise SagaSuspendedError(
-                f"saga {saga_id!r} is {stored.state.status}, not suspended; nothing to resume"
-            )
-        definition = self._definition(stored.saga_name)
-        event = Resumed(at=self._clock.now())
-        resumed = transition(definition, stored.state, event)
+        shared = self._host.shared
+        if shared is not None:
+            await shared.claim(saga_id)  # a suspended saga is anyone's to resume
         try:
-            await self._store.save(resumed.state, event)
-        except StoreError:
-            # Did it commit anyway (a lost acknowledgement)? Then carry on.
-            now = await self._store.load(saga_id)
-            if now.state.seq != resumed.state.seq or now.state.status is SagaStatus.SUSPENDED:
-                raise
-        await self._host.start(definition, saga_id, FreshStart(resumed, stored.input, resumed=True))
+            stored = await self._store.load(saga_id)
+            if stored.state.status is not SagaStatus.SUSPENDED:
+                raise SagaSuspendedError(
+                    f"saga {saga_id!r} is {stored.state.status}, not suspended; nothing to resume"
+                )
+            definition = self._definition(stored.saga_name)
+            event = Resumed(at=self._clock.now())
+            resumed = transition(definition, stored.state, event)
+            try:
+                await self._store.save(resumed.state, event)
+            except StaleStateError as exc:
+                raise SagaSuspendedError(
+                    f"saga {saga_id!r} was resumed by another caller meanwhile"
+                ) from exc
+            except StoreError:
+                # Did it commit anyway (a lost acknowledgement)? Then carry on.
+                now = await self._store.load(saga_id)
+                if now.state.seq != resumed.state.seq or now.state.status is SagaStatus.SUSPENDED:
+                    raise
+            await self._host.start(
+                definition, saga_id, FreshStart(resumed, stored.input, resumed=True)
+            )
+        except BaseException:
+            if shared is not None and not self._host.is_live(saga_id):
+                shared.release(saga_id)  # claimed above, but this runtime does not drive it
+            raise
 
     async def signal(
         self,
@@ -320,6 +346,9 @@ class Runtime:
                 f"no step of saga {definition.name!r} waits for signal {name!r} "
                 f"(it waits for: {', '.join(sorted(definition.signals)) or 'none'})"
             )
+        _check_text(name, "signal name")
+        if idempotency_key is not None:
+            _check_text(idempotency_key, "idempotency_key")
         what = f"payload of signal {name!r}"
         data = encode_payload(payload, what)
         decode_payload(data, definition.signals[name], what)
@@ -337,6 +366,7 @@ class Runtime:
         Raises `SagaNotFound`, and `SagaEndedError` if it has ended.
         """
         self._check_running()
+        _check_text(str(reason), "reason")
         stored = await self._store.load(saga_id)
         if stored.state.status.is_terminal:
             raise SagaEndedError(saga_id, stored.state.status)
@@ -394,19 +424,22 @@ class Runtime:
                 return await self._wait_for_result(saga_id, None)
         while True:
             self._check_running()
-            self._host.waiter_armed(saga_id)
-            if not self._host.is_live(saga_id):
-                # Not in memory: the store says how it stands.
-                stored = await self._store.load(saga_id)
-                if stored.state.status.is_terminal:
-                    return self._outcome(stored.state)
-            if self._host.shared is not None and not self._host.is_live(saga_id):
-                # Another runtime may be driving it: look again every poll interval.
-                final = None
-                with anyio.move_on_after(self._host.shared.poll_interval):
-                    final = await self._host.wait(saga_id)
-            else:
-                final = await self._host.wait(saga_id)
+            waiter = self._host.arm_waiter(saga_id)
+            try:
+                if not self._host.is_live(saga_id):
+                    # Not in memory: the store says how it stands.
+                    stored = await self._store.load(saga_id)
+                    if stored.state.status.is_terminal:
+                        return self._outcome(stored.state)
+                if self._host.shared is not None and not self._host.is_live(saga_id):
+                    # Another runtime may be driving it: look again every poll interval.
+                    final = None
+                    with anyio.move_on_after(self._host.shared.poll_interval):
+                        final = await self._host.wait(waiter)
+                else:
+                    final = await self._host.wait(waiter)
+            finally:
+                self._host.disarm_waiter(saga_id, waiter)
             if final is not None and final.status.is_terminal:
                 return self._outcome(final)
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import math
 from collections.abc import Awaitable, Callable
 
 import anyio
 
 from saga import Clock, DueSaga, Store
+
+logger = logging.getLogger("runtime")
 
 WakeHandler = Callable[[str, str | None], Awaitable[None]]
 """`wake(saga_id, saga_name_or_none)`: the saga's time has come."""
@@ -53,17 +56,19 @@ class TimerService:
             self._sleep.cancel()
 
     async def run(self) -> None:
+        trouble = 0
         while True:
-            now = self._clock.now()
-            while self._heap and self._heap[0][0] <= now:
-                _, _, saga_id = heapq.heappop(self._heap)
-                await self._wake(saga_id, None)
-            if self._store_next <= now:
-                self._noted = math.inf
-                await self._sweep(now)
-                after = await self._store.next_wake_at(now)
-                # A wake-up noted meanwhile may postdate what that read saw.
-                self._store_next = min(math.inf if after is None else after, self._noted)
+            try:
+                await self._wake_due()
+                trouble = 0
+            except Exception:
+                # The store is unreachable: nothing is lost (wake-ups are durable); try
+                # again, waiting longer each time, in real time.
+                trouble += 1
+                delay = min(30.0, 0.5 * 2 ** (trouble - 1))
+                logger.exception("waking due sagas failed; trying again in %.1f s", delay)
+                await anyio.sleep(delay)
+                continue
             self._target = min(self._heap[0][0] if self._heap else math.inf, self._store_next)
             with anyio.CancelScope() as scope:
                 self._sleep = scope
@@ -72,6 +77,26 @@ class TimerService:
                 else:
                     await self._clock.sleep_until(self._target)
             self._sleep = None
+
+    async def _wake_due(self) -> None:
+        now = self._clock.now()
+        while self._heap and self._heap[0][0] <= now:
+            entry = heapq.heappop(self._heap)
+            try:
+                await self._wake(entry[2], None)
+            except BaseException:
+                heapq.heappush(self._heap, entry)  # not woken: keep it for the next try
+                raise
+        if self._store_next <= now:
+            noted, self._noted = self._noted, math.inf
+            try:
+                await self._sweep(now)
+                after = await self._store.next_wake_at(now)
+            except BaseException:
+                self._noted = min(self._noted, noted)
+                raise
+            # A wake-up noted meanwhile may postdate what that read saw.
+            self._store_next = min(math.inf if after is None else after, self._noted)
 
     async def _sweep(self, now: float) -> None:
         """Wake every passivated saga due by `now`, page by page."""

@@ -84,6 +84,18 @@ class Notice:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnedSaga:
+    """A saga a runtime owns that has work, from `SharedStore.owned_with_work`."""
+
+    saga_id: str
+    saga_name: str
+    inbox: bool
+    """It has inbox items (a notice for them may have been lost)."""
+    cancel: bool
+    """One of them is a cancellation."""
+
+
+@dataclass(frozen=True, slots=True)
 class UnfinishedSaga:
     """A saga a runtime should drive, as listed by `Store.unfinished`."""
 
@@ -191,6 +203,9 @@ class SharedStore(Store, Protocol):
         """Seconds between sweeps for orphaned sagas (the fallback when a notice is lost)."""
         ...
 
+    saga_names: frozenset[str] | None
+    """The sagas this runtime has definitions for: it claims no orphan of another (None: any)."""
+
     @property
     def run_spawned_here(self) -> bool:
         """Whether a saga this runtime creates is its own (else: the first claimer's)."""
@@ -210,6 +225,12 @@ class SharedStore(Store, Protocol):
     async def claim_orphans(self, now: float, limit: int) -> Sequence[UnfinishedSaga]:
         """Claim live sagas with work to do that no live runtime owns: runnable ones,
         ones due by `now`, ones with inbox items."""
+        ...
+
+    async def owned_with_work(self, now: float) -> Sequence[OwnedSaga]:
+        """This runtime's sagas with inbox items, and those with work (runnable, or due by
+        `now`) that it does not hold in memory: the sweep's check on its own sagas, for a
+        notice that was lost or an activation whose outcome was unknown."""
         ...
 
     def on_notice(self, handler: Callable[[Notice], None]) -> None:
