@@ -136,10 +136,11 @@ _OWNED_WITH_WORK = f"""
 SELECT s.saga_id, s.saga_name,
        EXISTS (SELECT 1 FROM inbox i WHERE i.saga_id = s.saga_id) AS inbox,
        EXISTS (SELECT 1 FROM inbox i WHERE i.saga_id = s.saga_id AND i.kind = 'cancel') AS cancel
-FROM sagas s
+-- an anti-join: `NOT s.saga_id = ANY($2)` would scan the whole array for each row
+FROM sagas s LEFT JOIN unnest($2::text[]) AS held(saga_id) USING (saga_id)
 WHERE s.owner = $1 AND s.status IN {LIVE}
   AND (EXISTS (SELECT 1 FROM inbox i WHERE i.saga_id = s.saga_id)
-       OR (NOT s.saga_id = ANY($2) AND (s.runnable OR s.wake_at <= $3)))
+       OR (held.saga_id IS NULL AND (s.runnable OR s.wake_at <= $3)))
 """
 
 _RENEW = """
