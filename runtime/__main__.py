@@ -49,7 +49,7 @@ def _pg_query(dsn: str, sql: str, params: Sequence[object], schema: str) -> list
 
     async def fetch() -> list[Any]:
         conn = await asyncpg.connect(
-            dsn, server_settings={"search_path": check_schema_name(schema)}
+            dsn, server_settings={"search_path": f'"{check_schema_name(schema)}"'}
         )
         try:
             async with conn.transaction(readonly=True):

@@ -18,6 +18,7 @@ from saga import (
     InboxItem,
     SagaRow,
     SagaState,
+    SharedStore,
     Store,
     StoredSaga,
     UnfinishedSaga,
@@ -28,6 +29,13 @@ class DelegatingStore:
     """Forwards the `Store` protocol (and `async with`) to `inner`."""
 
     def __init__(self, inner: Store) -> None:
+        if isinstance(inner, SharedStore):
+            # Wrapped, it would no longer look shared: the runtime would neither claim
+            # nor hand back sagas, nor hear other runtimes. Refuse rather than degrade.
+            raise TypeError(
+                f"DelegatingStore cannot wrap a shared store ({type(inner).__name__}); "
+                "subclass the store itself to observe it"
+            )
         self.inner = inner
 
     async def __aenter__(self) -> Self:

@@ -75,6 +75,7 @@ _RETRYABLE = (
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
+    asyncpg.exceptions.IdleInTransactionSessionTimeoutError,  # rolled back by the server
 )
 """Errors after which the same statement or transaction can safely run again: nothing
 of it committed (a failure at COMMIT itself is `CommitOutcomeUnknown`, never retried)."""
@@ -247,7 +248,7 @@ class PostgresStore:
                 min_size=2,
                 max_size=self._pool_size,
                 server_settings={
-                    "search_path": self.schema,
+                    "search_path": f'"{self.schema}"',
                     "application_name": "sagaloop",
                     # A runtime paused inside a write (SIGSTOP, a VM freeze) would keep the
                     # rows it locked from being claimed for as long as it is paused: the
@@ -333,7 +334,11 @@ class PostgresStore:
     async def _migrate(self, conn: Connection) -> None:
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY)
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
+            exists = await conn.fetchval(
+                "SELECT 1 FROM pg_namespace WHERE nspname = $1", self.schema
+            )
+            if not exists:  # CREATE SCHEMA needs a privilege that using one does not
+                await conn.execute(f'CREATE SCHEMA "{self.schema}"')
             await conn.execute(
                 "CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)"
             )
@@ -367,7 +372,7 @@ class PostgresStore:
                         conn = await asyncpg.connect(
                             self.dsn,
                             timeout=self.lease,
-                            server_settings={"search_path": self.schema},
+                            server_settings={"search_path": f'"{self.schema}"'},
                         )
                     await asyncio.wait_for(self._renew(conn), timeout=self.lease / 3)
                     delay = self.lease / 3

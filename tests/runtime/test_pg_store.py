@@ -437,3 +437,17 @@ async def _pg_rows(dsn: str, sql: str) -> list[Any]:
         return list(await conn.fetch(sql))
     finally:
         await conn.close()
+
+
+async def test_a_delegating_store_refuses_a_shared_store(pg_dsn: str) -> None:
+    from runtime import DelegatingStore
+
+    with pytest.raises(TypeError, match="cannot wrap a shared store"):
+        DelegatingStore(PostgresStore(pg_dsn))
+
+
+async def test_a_reserved_word_is_a_usable_schema_name(pg_dsn: str) -> None:
+    saga, started = new_saga("s")
+    async with PostgresStore(pg_dsn, schema="user") as store:
+        assert await store.create(saga, started) is None
+        assert (await store.load("s")).state == saga.state
