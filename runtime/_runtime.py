@@ -234,7 +234,7 @@ class Runtime:
         input or saga, `UnknownSagaError` for a saga not given to this
         runtime, `PayloadError` for an input msgspec cannot serialize or
         that does not match the saga's `input_type`, and `ValueError` for
-        an empty `saga_id`.
+        an empty `saga_id`, one with a NUL character or over 1,000 bytes.
         """
         self._check_running()
         definition = self._definition(saga)
@@ -334,7 +334,8 @@ class Runtime:
         noticed at once. Raises `SagaNotFound`, `SagaEndedError` if the saga
         has ended, `UnknownSignalError` if no step of the saga waits for
         `name`, `PayloadError` if `payload` does not match the step's
-        `payload_type`.
+        `payload_type`, `ValueError` for a name or key with a NUL character
+        or over 1,000 bytes.
         """
         self._check_running()
         stored = await self._store.load(saga_id)
@@ -363,7 +364,8 @@ class Runtime:
         Durable on return. A running forward step is interrupted (it counts
         as ambiguous); compensations are never interrupted. A saga already
         compensating carries on; a suspended one is cancelled when resumed.
-        Raises `SagaNotFound`, and `SagaEndedError` if it has ended.
+        Raises `SagaNotFound`, `SagaEndedError` if it has ended, and
+        `ValueError` for a reason with a NUL character or over 1,000 bytes.
         """
         self._check_running()
         _check_text(str(reason), "reason")
