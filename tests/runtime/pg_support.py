@@ -11,12 +11,9 @@ and that a runtime wrote nothing for a saga once another one had taken it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
 import random
 import sqlite3
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -27,7 +24,6 @@ from typing import Any
 
 import anyio
 import asyncpg
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from runtime import Runtime, SagaCompensated
 from runtime._codec import decode_event
@@ -45,9 +41,9 @@ from .test_crash_recovery import (
     check_history,
     check_ledger,
     check_outcome,
+    open_child,
 )
 
-REPO = Path(__file__).resolve().parents[2]
 SCHEMA = "sagaloop"
 
 
@@ -336,25 +332,8 @@ async def pg_child(
         command.append("--no-spawn")
     if start_file is not None:
         command += ["--start-file", str(start_file)]
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path}
-    stderr_path = workdir / f"{name}.stderr"
-    with stderr_path.open("wb") as stderr:
-        process = await anyio.open_process(
-            command, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO, env=env
-        )
-        async with process:
-            assert process.stdout is not None
-            try:
-                yield PgChild(
-                    Child(process, stderr_path, BufferedByteReceiveStream(process.stdout)), name
-                )
-            finally:
-                if process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                with anyio.CancelScope(shield=True):
-                    await process.wait()
+    async with open_child(command, workdir / f"{name}.stderr") as child:
+        yield PgChild(child, name)
 
 
 async def wait_for(timeout: float, poll: float, check: Callable[[], Awaitable[bool]]) -> None:

@@ -152,9 +152,15 @@ async def run_child(
     ]
     if block_at is not None:
         command += ["--block-at", block_at]
+    async with open_child(command, workdir / f"{name}.stderr") as child:
+        yield child
+
+
+@asynccontextmanager
+async def open_child(command: list[str], stderr_path: Path) -> AsyncIterator[Child]:
+    """Run `command` from the repository (stderr to `stderr_path`); kill it on exit."""
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "PYTHONPATH": path}
-    stderr_path = workdir / f"{name}.stderr"
     with stderr_path.open("wb") as stderr:
         process = await anyio.open_process(
             command, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO, env=env
