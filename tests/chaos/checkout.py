@@ -36,6 +36,7 @@ from saga import (
     StepContext,
     StepStatus,
 )
+from tests.runtime.ledger import Kind, Record
 
 STEPS = ("create_order", "charge_payment", "reserve_inventory", "send_confirmation")
 COMPENSABLE = frozenset(STEPS[:3])
@@ -209,28 +210,7 @@ def expected_output(saga_id: str) -> dict[str, Any]:
 
 # -- the ledger and the hooks -------------------------------------------------------
 
-Kind = Literal["effect", "compensation"]
 Where = Literal["before", "after"]
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One side effect as the service saw it, in ledger order (`seq`).
-
-    `duplicate`: its (key, kind) was already recorded, as an idempotent
-    service would notice. `has_result` (compensations only): whether the
-    compensation was given the step's recorded result or None.
-    """
-
-    seq: int
-    key: str
-    kind: Kind
-    saga_id: str
-    step: str
-    attempt: int
-    pid: int
-    duplicate: bool
-    has_result: bool | None
 
 
 class Ledger(Protocol):

@@ -39,8 +39,9 @@ from saga import (
     initial_state,
     transition,
 )
+from tests.runtime.ledger import Record
 
-from .checkout import COMPENSABLE, STEPS, Expected, Order, Record, expected, expected_output
+from .checkout import COMPENSABLE, STEPS, Expected, Order, expected, expected_output
 
 MAY_HAVE_TAKEN_EFFECT = frozenset({StepStatus.SUCCEEDED, StepStatus.AMBIGUOUS})
 UNDER_WAY = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
@@ -205,11 +206,11 @@ def _check_ledger(
     effects = [r for r in records if r.kind == "effect"]
     undos = [r for r in records if r.kind == "compensation"]
     for r in effects:
-        if r.key != f"{sid}:{r.step}":
-            v.append(f"{sid}: effect under key {r.key!r}")
+        if r.idempotency_key != f"{sid}:{r.step}":
+            v.append(f"{sid}: effect under key {r.idempotency_key!r}")
     for r in undos:
-        if r.key != f"{sid}:{r.step}:compensate":
-            v.append(f"{sid}: compensation under key {r.key!r}")
+        if r.idempotency_key != f"{sid}:{r.step}:compensate":
+            v.append(f"{sid}: compensation under key {r.idempotency_key!r}")
     # At-least-once, and no more: each run was commanded by a durable intent
     # (or by a recovery or resume that found it in flight).
     for key, count in Counter((r.kind, r.step, r.attempt) for r in records).items():

@@ -215,7 +215,7 @@ async def sigkill_chaos(
         figures.suspensions += checked.suspensions
         figures.outcomes[row.status] += 1
     figures.sagas = len(rows)
-    figures.reruns = len(records) - len({(r.kind, r.key, r.attempt) for r in records})
+    figures.reruns = len(records) - len({(r.kind, r.idempotency_key, r.attempt) for r in records})
     figures.violations = len(violations)
     figures.seconds = time.monotonic() - started
     print(figures)

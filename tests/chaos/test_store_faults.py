@@ -89,7 +89,7 @@ async def test_lost_acknowledgements_lose_nothing_and_run_nothing_twice(tmp_path
     assert not rig.violations(final=True, outputs=outputs)
     # The state a lost acknowledgement hid was durable: the restarted actor
     # carried on from it, so no effect ran twice (not even with the same key).
-    runs = Counter((r.kind, r.key, r.attempt) for r in rig.ledger.records())
+    runs = Counter((r.kind, r.idempotency_key, r.attempt) for r in rig.ledger.records())
     assert max(runs.values()) == 1, [key for key, n in runs.items() if n > 1]
     assert recoveries(rig) >= 1
     print(f"lost acknowledgements: {lost}, parked and resumed: {resumed}")

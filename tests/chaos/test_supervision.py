@@ -77,5 +77,7 @@ async def test_a_crash_looping_actor_is_restarted_with_backoff_then_parked_and_r
     for order in others:
         events = [event for _, event in rows[order.order_id].history]
         assert not any('"event":"recovered"' in e or '"event":"suspended"' in e for e in events)
-    runs = Counter((r.kind, r.key, r.attempt) for r in rig.ledger.records() if r.saga_id != BAD)
+    runs = Counter(
+        (r.kind, r.idempotency_key, r.attempt) for r in rig.ledger.records() if r.saga_id != BAD
+    )
     assert set(runs.values()) == {1}

@@ -58,11 +58,11 @@ class Record:
 class Ledger:
     """An open ledger file; `record` is synchronous on purpose (no await, no interleaving)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "FULL") -> None:
         self.path = Path(path)
         self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute(f"PRAGMA synchronous={synchronous}")
         self._conn.execute(_SCHEMA)
 
     def record(
