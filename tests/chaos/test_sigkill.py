@@ -17,12 +17,9 @@ SAGALOOP_CHAOS_SEED replays a run; SAGALOOP_SOAK=1 enables the long soak.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import random
-import signal
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -33,81 +30,28 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from runtime import Runtime, SqliteStore
 from saga import Saga
+from tests.child_process import Child, open_child
 
 from .checkout import Order
-from .child import DONE, OPEN, checkout_saga, plan_of, saga_id
+from .child import OPEN, checkout_saga, plan_of, saga_id
 from .drive import drive_to_end, results
 from .faults import FaultBoard, FaultyStore
 from .invariants import by_saga, check_output, check_saga, integrity, read_store
 from .ledger import SqliteLedger
 
-REPO = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("SAGALOOP_CHAOS_SEED", "20250611"))
 SOAK = os.environ.get("SAGALOOP_SOAK") == "1"
 CHILD_TIMEOUT = 30.0
 
 
-@dataclass
-class Child:
-    process: Process
-    stderr_path: Path
-    stdout: BufferedByteReceiveStream
-    seen: list[str] = field(default_factory=list)
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    async def expect(self, line: str) -> None:
-        """Wait until the child prints `line` (fails with its stderr if it dies first)."""
-        with anyio.fail_after(CHILD_TIMEOUT):
-            while line not in self.seen:
-                try:
-                    raw = await self.stdout.receive_until(b"\n", 4096)
-                except (anyio.EndOfStream, anyio.IncompleteRead):
-                    await self.process.wait()
-                    pytest.fail(
-                        f"child exited ({self.process.returncode}) before printing {line!r}; "
-                        f"stdout {self.seen}, stderr:\n{self.stderr()[-4000:]}"
-                    )
-                self.seen.append(raw.decode().strip())
-
-    async def kill(self) -> bool:
-        """SIGKILL the child unless it already ended cleanly; return whether it was killed."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):  # it just ended
-                self.process.kill()
-        code = await self.process.wait()
-        assert code in (0, -signal.SIGKILL), f"child failed ({code}):\n{self.stderr()[-4000:]}"
-        if code == 0:
-            await self.expect(DONE)
-        return code == -signal.SIGKILL
-
-
 @asynccontextmanager
 async def run_child(workdir: Path, name: str, args: list[str]) -> AsyncIterator[Child]:
     command = [sys.executable, "-m", "tests.chaos.child", *args]
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path}
-    stderr_path = workdir / f"{name}.stderr"
-    with stderr_path.open("wb") as stderr:
-        process = await anyio.open_process(
-            command, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO, env=env
-        )
-        async with process:
-            assert process.stdout is not None
-            try:
-                yield Child(process, stderr_path, BufferedByteReceiveStream(process.stdout))
-            finally:
-                if process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                with anyio.CancelScope(shield=True):
-                    await process.wait()
+    async with open_child(command, workdir / f"{name}.stderr", timeout=CHILD_TIMEOUT) as child:
+        yield child
 
 
 @dataclass

@@ -31,17 +31,17 @@ from runtime._info import saga_info
 from runtime._pg_store import PostgresStore
 from runtime._writes import stored_saga
 from saga import HistoryEntry, Recovered, Saga
+from tests.child_process import Child, open_child
 
 from .crash_child import DONE, READY, build_checkout, plan_for
 from .ledger import Ledger, Record
 from .pg_child import RUNTIME
 from .test_crash_recovery import (
-    Child,
+    CHILD_TIMEOUT,
     Outcome,
     check_history,
     check_ledger,
     check_outcome,
-    open_child,
 )
 
 SCHEMA = "sagaloop"
@@ -332,7 +332,7 @@ async def pg_child(
         command.append("--no-spawn")
     if start_file is not None:
         command += ["--start-file", str(start_file)]
-    async with open_child(command, workdir / f"{name}.stderr") as child:
+    async with open_child(command, workdir / f"{name}.stderr", timeout=CHILD_TIMEOUT) as child:
         yield PgChild(child, name)
 
 

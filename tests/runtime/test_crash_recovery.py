@@ -15,14 +15,11 @@ to replay one. SAGALOOP_SOAK=1 enables a longer run.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import os
 import random
-import signal
 import sqlite3
-import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -33,8 +30,6 @@ from typing import Any
 
 import anyio
 import pytest
-from anyio.abc import Process
-from anyio.streams.buffered import BufferedByteReceiveStream
 
 from runtime import Runtime, SagaCompensated, SagaInfo, SqliteStore
 from saga import (
@@ -50,10 +45,10 @@ from saga import (
     initial_state,
     transition,
 )
+from tests.child_process import Child, open_child
 
 from .crash_child import (
     BLOCKED,
-    DONE,
     PLANS,
     READY,
     STEPS,
@@ -66,7 +61,6 @@ from .crash_child import (
 )
 from .ledger import Ledger, Record
 
-REPO = Path(__file__).resolve().parents[2]
 SEED = int(os.environ.get("SAGALOOP_CRASH_SEED", "20240611"))
 SOAK = os.environ.get("SAGALOOP_SOAK") == "1"
 
@@ -80,46 +74,6 @@ MAY_HAVE_TAKEN_EFFECT = frozenset({StepStatus.SUCCEEDED, StepStatus.AMBIGUOUS})
 
 
 # -- the child process -------------------------------------------------------
-
-
-@dataclass
-class Child:
-    process: Process
-    stderr_path: Path
-    stdout: BufferedByteReceiveStream
-    seen: list[str] = field(default_factory=list)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    async def expect(self, line: str) -> None:
-        """Wait until the child prints `line` (fails with its stderr if it dies first)."""
-        with anyio.fail_after(CHILD_TIMEOUT):
-            while line not in self.seen:
-                try:
-                    raw = await self.stdout.receive_until(b"\n", 4096)
-                except (anyio.EndOfStream, anyio.IncompleteRead):
-                    await self.process.wait()
-                    pytest.fail(
-                        f"child exited ({self.process.returncode}) before printing {line!r}; "
-                        f"stdout {self.seen}, stderr:\n{self.stderr()}"
-                    )
-                self.seen.append(raw.decode().strip())
-
-    async def kill(self) -> bool:
-        """SIGKILL the child unless it already ended cleanly; return whether it was killed."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):  # it just ended
-                self.process.kill()
-        code = await self.process.wait()
-        assert code in (0, -signal.SIGKILL), f"child failed ({code}):\n{self.stderr()}"
-        if code == 0:
-            await self.expect(DONE)
-        return code == -signal.SIGKILL
 
 
 @asynccontextmanager
@@ -152,29 +106,8 @@ async def run_child(
     ]
     if block_at is not None:
         command += ["--block-at", block_at]
-    async with open_child(command, workdir / f"{name}.stderr") as child:
+    async with open_child(command, workdir / f"{name}.stderr", timeout=CHILD_TIMEOUT) as child:
         yield child
-
-
-@asynccontextmanager
-async def open_child(command: list[str], stderr_path: Path) -> AsyncIterator[Child]:
-    """Run `command` from the repository (stderr to `stderr_path`); kill it on exit."""
-    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    env = {**os.environ, "PYTHONPATH": path}
-    with stderr_path.open("wb") as stderr:
-        process = await anyio.open_process(
-            command, stdout=subprocess.PIPE, stderr=stderr, cwd=REPO, env=env
-        )
-        async with process:
-            assert process.stdout is not None
-            try:
-                yield Child(process, stderr_path, BufferedByteReceiveStream(process.stdout))
-            finally:
-                if process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                with anyio.CancelScope(shield=True):
-                    await process.wait()
 
 
 # -- what the store says -------------------------------------------------------
