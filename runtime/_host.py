@@ -232,11 +232,9 @@ class SagaHost:
                 # Our own sagas: a notice may have been lost, or an activation's outcome
                 # was unknown (a claim or a create whose reply never came).
                 for owned in await shared.owned_with_work(self._clock.now()):
-                    if self.is_live(owned.saga_id):
-                        if owned.inbox:
-                            await self.nudge(owned.saga_id, owned.saga_name, cancel=owned.cancel)
-                    else:
-                        await self.activate(owned.saga_id, owned.saga_name)
+                    if owned.inbox or not self.is_live(owned.saga_id):
+                        # A saga with no actor here is activated; a live one told of its inbox.
+                        await self.nudge(owned.saga_id, owned.saga_name, cancel=owned.cancel)
             except Exception:
                 logger.exception("the sweep for orphaned sagas failed; it runs again shortly")
             with anyio.move_on_after(shared.poll_interval):

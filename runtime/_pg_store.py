@@ -81,6 +81,10 @@ _RETRYABLE = (
 of it committed (a failure at COMMIT itself is `CommitOutcomeUnknown`, never retried)."""
 
 
+def _new_runtime_id() -> str:
+    return f"rt{uuid.uuid4().hex[:20]}"
+
+
 def _redacted(dsn: str) -> str:
     """`dsn` without its password, for messages."""
     parts = urllib.parse.urlsplit(dsn)
@@ -144,6 +148,12 @@ WHERE s.owner = $1 AND s.status IN {LIVE}
        OR (held.saga_id IS NULL AND (s.runnable OR s.wake_at <= $3)))
 """
 
+_JOIN = """
+INSERT INTO runtimes (runtime_id, name, lease_until)
+VALUES ($1, $2, clock_timestamp() + $3 * interval '1 second')
+ON CONFLICT (runtime_id) DO UPDATE SET lease_until = excluded.lease_until
+"""
+
 _RENEW = """
 WITH before AS (SELECT lease_until FROM runtimes WHERE runtime_id = $1)
 UPDATE runtimes SET lease_until = clock_timestamp() + $2 * interval '1 second'
@@ -195,7 +205,7 @@ class PostgresStore:
         self.reconnect_timeout = reconnect_timeout
         self._run_spawned_here = run_spawned_here
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
-        self._runtime_id = f"rt{uuid.uuid4().hex[:20]}"
+        self._runtime_id = _new_runtime_id()
         self._pool: asyncpg.Pool | None = None
         self._epochs: dict[str, int] = {}
         # Sagas whose hand-back is queued or committing, and the batch that carries it.
@@ -224,10 +234,6 @@ class PostgresStore:
     def run_spawned_here(self) -> bool:
         return self._run_spawned_here
 
-    @property
-    def channel_prefix(self) -> str:
-        return self.schema
-
     def _channel(self, runtime_id: str) -> str:
         return f"{self.schema}_{runtime_id}"
 
@@ -240,7 +246,7 @@ class PostgresStore:
     async def __aenter__(self) -> Self:
         self._closing = False
         # A new id at each opening: a store reopened after an unclean close is a new runtime.
-        self._runtime_id = f"rt{uuid.uuid4().hex[:20]}"
+        self._runtime_id = _new_runtime_id()
         self._epochs.clear()
         try:
             self._pool = await asyncpg.create_pool(
@@ -258,13 +264,7 @@ class PostgresStore:
             )
             async with self._pool.acquire() as conn:
                 await self._migrate(conn)
-                await conn.execute(
-                    "INSERT INTO runtimes (runtime_id, name, lease_until) "
-                    "VALUES ($1, $2, clock_timestamp() + $3 * interval '1 second')",
-                    self._runtime_id,
-                    self.name,
-                    self.lease,
-                )
+                await conn.execute(_JOIN, self._runtime_id, self.name, self.lease)
                 # Forget runtimes long dead (their sagas count as orphans either way).
                 await conn.execute(
                     "DELETE FROM runtimes WHERE lease_until < clock_timestamp() - interval '1 hour'"
@@ -353,8 +353,9 @@ class PostgresStore:
                     await conn.execute(statement)
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
 
-    def _conn_pool(self) -> asyncpg.Pool:
-        if self._pool is None or self._closing:
+    def _open_pool(self, *, closing_ok: bool = False) -> asyncpg.Pool:
+        """The pool, or `StoreClosedError`; `closing_ok`: the writer flushes while closing."""
+        if self._pool is None or (self._closing and not closing_ok):
             raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
         return self._pool
 
@@ -390,15 +391,8 @@ class PostgresStore:
         overdue = await conn.fetchval(_RENEW, self._runtime_id, self.lease)
         if overdue is None:
             # Our row is gone (an operator removed it): join again.
-            await conn.execute(
-                "INSERT INTO runtimes (runtime_id, name, lease_until) "
-                "VALUES ($1, $2, clock_timestamp() + $3 * interval '1 second') "
-                "ON CONFLICT (runtime_id) DO UPDATE SET lease_until = excluded.lease_until",
-                self._runtime_id,
-                self.name,
-                self.lease,
-            )
-        if overdue is not None and overdue > 0:
+            await conn.execute(_JOIN, self._runtime_id, self.name, self.lease)
+        elif overdue > 0:
             self.lease_lapses += 1
             logger.warning(
                 "runtime %s renewed its lease %.1f s after it lapsed: other runtimes may have "
@@ -492,8 +486,7 @@ class PostgresStore:
     # -- writes: group commit ----------------------------------------------
 
     def _enqueue(self) -> PgBatch:
-        if self._pool is None or self._closing:
-            raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
+        self._open_pool()
         self._has_work.set()
         return self._batch
 
@@ -514,8 +507,7 @@ class PostgresStore:
         return op.existing
 
     async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
-        if self._pool is None or self._closing:
-            raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
+        self._open_pool()
         epoch = self._epochs.get(state.saga_id)
         if epoch is None:
             if not await self._fetch("SELECT 1 FROM sagas WHERE saga_id = $1", state.saga_id):
@@ -542,8 +534,7 @@ class PostgresStore:
         return op.accepted
 
     async def quarantine(self, saga_id: str, reason: str) -> None:
-        if self._pool is None or self._closing:
-            raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
+        self._open_pool()
         epoch = self._epochs.get(saga_id)
         if epoch is None:
             # Fenced like any write: a runtime that does not hold the saga leaves it alone.
@@ -598,7 +589,7 @@ class PostgresStore:
     async def _commit(self, batch: PgBatch) -> None:
         async def attempt() -> None:
             batch.reset()
-            async with self._conn_pool_for_writes().acquire() as conn:
+            async with self._open_pool(closing_ok=True).acquire() as conn:
                 await commit_batch(
                     conn,
                     batch,
@@ -631,16 +622,11 @@ class PostgresStore:
             await asyncio.sleep(delay)
             delay = min(2 * delay, 1.0)
 
-    def _conn_pool_for_writes(self) -> asyncpg.Pool:
-        if self._pool is None:
-            raise StoreClosedError(f"PostgreSQL store ({self.schema}) is not open")
-        return self._pool
-
     # -- reads -------------------------------------------------------------
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
         async def attempt() -> list[asyncpg.Record]:
-            async with self._conn_pool().acquire() as conn:
+            async with self._open_pool().acquire() as conn:
                 rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
                 return rows
 
