@@ -50,7 +50,14 @@ from saga import (
 from ._codec import decode_event
 from ._errors import SchemaVersionError
 from ._listing import listing_query
-from ._pg_schema import LIVE, MIGRATION_LOCK_KEY, MIGRATIONS, SCHEMA_VERSION, check_schema_name
+from ._pg_schema import (
+    LIVE,
+    MIGRATION_LOCK_KEY,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TERMINAL,
+    check_schema_name,
+)
 from ._pg_writer import PgBatch, commit_batch
 from ._sqlite_store import StoreClosedError
 from ._writes import Create, Deliver, Save, stored_saga
@@ -113,7 +120,7 @@ _CLAIM = f"""
 UPDATE sagas s SET owner = $1,
     -- a runtime that owns it already keeps its epoch: its own actor may be writing
     epoch = CASE WHEN s.owner = $1 THEN s.epoch ELSE s.epoch + 1 END
-WHERE s.saga_id = $2 AND s.status NOT IN ('completed', 'compensated', 'failed')
+WHERE s.saga_id = $2 AND s.status NOT IN {TERMINAL}
   AND (s.owner = $1 OR s.status = 'suspended' OR {_OWNER_IS_GONE}) AND {_SELF_IS_LIVE}
 RETURNING s.epoch
 """

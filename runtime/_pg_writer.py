@@ -24,6 +24,7 @@ from saga import (
     LeaseLostError,
     SagaEndedError,
     SagaNotFound,
+    SagaStatus,
     StaleStateError,
     StoreError,
 )
@@ -316,7 +317,7 @@ async def _deliver(conn: Connection, op: Deliver, runtime_id: str, channel_prefi
     )
     if row is None:
         op.error = SagaNotFound(item.saga_id)
-    elif row["status"] in ("completed", "compensated", "failed"):
+    elif SagaStatus(row["status"]).is_terminal:
         op.error = SagaEndedError(item.saga_id, row["status"])
     else:
         op.accepted = row["accepted"] == 1
