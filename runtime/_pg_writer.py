@@ -31,7 +31,7 @@ from saga import (
 
 from ._codec import encode_event, encode_state
 from ._pg_schema import TERMINAL
-from ._writes import Create, Deliver, Save, stored_saga
+from ._writes import Create, Deliver, Save, new_saga_row, stored_saga
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
@@ -197,22 +197,7 @@ async def _create(conn: Connection, creates: list[Create], owner: str | None) ->
         first.setdefault(op.saga.saga_id, op)
     columns: list[list[object]] = [[] for _ in range(13)]
     for op in first.values():
-        saga, state = op.saga, op.saga.state
-        values = (
-            saga.saga_id,
-            saga.saga_name,
-            state.status.value,
-            state.seq,
-            saga.input.decode(),
-            encode_state(state),
-            state.wake_at,
-            state.in_flight,
-            state.waiting_for,
-            state.started_at or op.event.at,
-            state.updated_at or op.event.at,
-            op.event.at,
-            encode_event(op.event),
-        )
+        values = (*new_saga_row(op), op.event.at, encode_event(op.event))
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     inserted = {row[0] for row in await conn.fetch(_CREATE, owner, *columns)}

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,7 @@ from saga import (
 from ._codec import encode_event, encode_state
 from ._errors import SchemaVersionError
 from ._schema import MIGRATIONS, SCHEMA_VERSION
-from ._writes import Create, Deliver, Save, stored_saga
+from ._writes import Create, Deliver, Save, new_saga_row, stored_saga
 
 _SELECT_CHUNK = 500
 _INDEXED = "status, wake_at, runnable"
@@ -156,7 +155,6 @@ class BatchWriter:
             for row in self._select_in("saga_id, saga_name, input, snapshot", ids)
         }
         rows: list[tuple[object, ...]] = []
-        now = time.time()
         for op in creates:
             saga = op.saga
             found = existing.get(saga.saga_id)
@@ -167,23 +165,8 @@ class BatchWriter:
                     op.error = exc
                 continue
             existing[saga.saga_id] = saga  # a duplicate later in this batch sees this one
-            state = saga.state
-            rows.append(
-                (
-                    saga.saga_id,
-                    saga.saga_name,
-                    state.status.value,
-                    state.seq,
-                    saga.input.decode(),
-                    encode_state(state),
-                    state.wake_at,
-                    int(state.in_flight),
-                    state.waiting_for,
-                    state.started_at or now,
-                    state.updated_at or now,
-                )
-            )
-            history.append((saga.saga_id, state.seq, op.event.at, encode_event(op.event)))
+            rows.append(new_saga_row(op))
+            history.append((saga.saga_id, saga.state.seq, op.event.at, encode_event(op.event)))
         if rows:
             self._conn.executemany(
                 "INSERT INTO sagas(saga_id, saga_name, status, seq, input, snapshot, wake_at, "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from saga import CorruptSagaError, Event, InboxItem, SagaState, StoredSaga
 
-from ._codec import decode_state
+from ._codec import decode_state, encode_state
 
 
 @dataclass(slots=True, eq=False)
@@ -36,6 +36,25 @@ class Deliver:
     item: InboxItem
     accepted: bool = False
     error: Exception | None = None
+
+
+def new_saga_row(op: Create) -> tuple[object, ...]:
+    """The `sagas` row of a new saga: saga_id, saga_name, status, seq, input, snapshot,
+    wake_at, runnable, waiting_for, created_at, updated_at."""
+    saga, state = op.saga, op.saga.state
+    return (
+        saga.saga_id,
+        saga.saga_name,
+        state.status.value,
+        state.seq,
+        saga.input.decode(),
+        encode_state(state),
+        state.wake_at,
+        state.in_flight,
+        state.waiting_for,
+        state.started_at or op.event.at,
+        state.updated_at or op.event.at,
+    )
 
 
 def stored_saga(
