@@ -8,9 +8,6 @@ or from `SAGALOOP_PG_DSN`. Without one, PostgreSQL tests fail loudly; set
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
@@ -34,24 +31,3 @@ def server_dsn() -> str:
 def database_dsn(server: str, database: str) -> str:
     base, _, _ = server.rpartition("/")
     return f"{base}/{database}"
-
-
-@asynccontextmanager
-async def fresh_database(server: str) -> AsyncIterator[str]:
-    """A new, empty database on `server` for the duration; yields its DSN."""
-    import asyncpg
-
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    admin = await asyncpg.connect(server)
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    try:
-        yield database_dsn(server, name)
-    finally:
-        admin = await asyncpg.connect(server)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
