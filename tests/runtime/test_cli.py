@@ -76,3 +76,10 @@ async def test_list_show_and_runtimes_read_a_postgresql_database(
     assert '"event": "compensation_succeeded"' in capsys.readouterr().out
     assert await anyio.to_thread.run_sync(cli, "runtimes", pg_dsn) == 0
     assert len(capsys.readouterr().out.splitlines()) == 1  # it left cleanly: no runtime
+
+
+def test_runtimes_on_a_sqlite_file_says_there_is_only_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["runtimes", str(tmp_path / "any.db")]) == 1
+    assert "one SQLite file serves one runtime" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import asyncpg
 import msgspec
 import pytest
 
-from runtime import Runtime, SchemaVersionError
+from runtime import Runtime, SchemaVersionError, StoreError
 from runtime._pg_schema import SCHEMA_VERSION
 from runtime._pg_store import PostgresStore
 from saga import (
@@ -451,3 +451,30 @@ async def test_a_reserved_word_is_a_usable_schema_name(pg_dsn: str) -> None:
     async with PostgresStore(pg_dsn, schema="user") as store:
         assert await store.create(saga, started) is None
         assert (await store.load("s")).state == saga.state
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"lease": 0}, "lease and poll_interval must be positive"),
+        ({"poll_interval": -1}, "lease and poll_interval must be positive"),
+        ({"pool_size": 1}, "pool_size must be at least 2"),
+        ({"schema": "Bad-Name"}, "schema must be a lowercase identifier"),
+    ],
+)
+def test_bad_store_options_are_refused_at_once(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        PostgresStore("postgresql://nobody@127.0.0.1:1/none", **options)
+
+
+async def test_an_unreachable_server_is_a_store_error_that_hides_the_password() -> None:
+    saga = Saga("s", [Step("one", _echo)])
+    with pytest.raises(StoreError, match="cannot open PostgreSQL") as caught:
+        async with Runtime("postgresql://app:s3cret@127.0.0.1:1/orders", sagas=[saga]):
+            pass
+    assert "s3cret" not in str(caught.value)
+    assert "app:***@127.0.0.1:1/orders" in str(caught.value)
+
+
+async def _echo(ctx: StepContext, value: Any) -> Any:
+    return value
