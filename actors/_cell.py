@@ -5,6 +5,7 @@ fresh `Actor` instance built by the factory and driven by `run_incarnation`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -21,9 +22,11 @@ M = TypeVar("M")
 
 class Cell(Generic[M]):
     __slots__ = (
+        "_cancels",
         "_scope",
         "_stop_signal",
         "_stopped",
+        "_task",
         "factory",
         "interrupt_requested",
         "is_stopped",
@@ -44,6 +47,10 @@ class Cell(Generic[M]):
         self.is_stopped = False
         self.restarts = 0
         self._scope: anyio.CancelScope | None = None
+        # An actor without children runs bare in its task: stopping or interrupting it
+        # cancels the task (an anyio scope per actor costs more than the rest of a start).
+        self._task: asyncio.Task[object] | None = None
+        self._cancels = 0
         # Events are made only when someone waits: most actors never need them.
         self._stopped: anyio.Event | None = None
         self._stop_signal: anyio.Event | None = None
@@ -52,8 +59,15 @@ class Cell(Generic[M]):
         self.stop_requested = True
         if self._stop_signal is not None:
             self._stop_signal.set()
+        self._cancel_now()
+
+    def _cancel_now(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
+        elif self._task is not None and self._task is not asyncio.current_task():
+            # From inside the actor there is nothing to interrupt: it is running.
+            self._cancels += 1
+            self._task.cancel()
 
     async def join(self) -> None:
         """Wait until the actor has stopped for good."""
@@ -74,8 +88,7 @@ class Cell(Generic[M]):
 
     def interrupt(self) -> None:
         self.interrupt_requested = True
-        if self._scope is not None:
-            self._scope.cancel()
+        self._cancel_now()
 
     async def run_incarnation(self, ref: ActorRef[M]) -> bool:
         """Run one incarnation (`ref` is this cell's) until it stops; True if it was
@@ -86,20 +99,31 @@ class Cell(Generic[M]):
         self.interrupt_requested = False
         if actor.spawns_children:
             await self._run_with_children(actor)
-        else:
+        elif not self.stop_requested:
+            # Inline, not in a helper: each resumption of the actor passes every frame.
+            task = asyncio.current_task()
+            assert task is not None
+            self._task = task
             try:
-                with anyio.CancelScope() as scope:
-                    self._scope = scope
-                    if self.stop_requested:
-                        scope.cancel()
-                    await _serve(actor, self.mailbox)
+                await _serve(actor, self.mailbox)
+            except asyncio.CancelledError:
+                if not self._forget_cancels(task):
+                    raise  # someone else cancelled the task too: not ours to swallow
             finally:
-                self._scope = None
+                self._task = None
+                self._forget_cancels(task)
         if self.interrupt_requested and not self.stop_requested:
             return True
         self.stop_requested = True
         await actor.on_stop()
         return False
+
+    def _forget_cancels(self, task: asyncio.Task[object]) -> bool:
+        """Take back this cell's cancellations of `task`; True if no other is left."""
+        for _ in range(self._cancels):
+            task.uncancel()
+        self._cancels = 0
+        return task.cancelling() == 0
 
     async def _run_with_children(self, actor: Actor[M]) -> None:
         crash: Exception | None = None
