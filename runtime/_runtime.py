@@ -244,7 +244,7 @@ class Runtime:
             raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r}")
         _check_text(saga_id, "saga_id")
         data = encode_payload(input, f"input of saga {definition.name!r}")
-        decode_payload(data, definition.input_type, f"input of saga {definition.name!r}")
+        decoded = decode_payload(data, definition.input_type, f"input of saga {definition.name!r}")
         started = SagaStarted(at=self._clock.now())
         first = transition(definition, initial_state(definition, saga_id), started)
         stored = StoredSaga(saga_id, definition.name, data, first.state)
@@ -261,7 +261,7 @@ class Runtime:
             return SagaHandle(self, saga_id)
         shared = self._host.shared
         if shared is None or shared.run_spawned_here:
-            await self._host.start(definition, saga_id, FreshStart(first, data))
+            await self._host.start(definition, saga_id, FreshStart(first, data, decoded=decoded))
         # Else it is durable and nobody's: whichever runtime claims it first runs it.
         return SagaHandle(self, saga_id)
 

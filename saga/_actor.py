@@ -115,6 +115,9 @@ class GetState:
 SagaMessage = WakeUp | Nudge | GetState
 
 
+_UNDECODED: Any = object()
+
+
 @dataclass(frozen=True, slots=True)
 class FreshStart:
     """A saga whose latest transition is durable and in hand (spawned or resumed)."""
@@ -123,6 +126,8 @@ class FreshStart:
     input: bytes
     resumed: bool = False
     """Resumed by an operator: its in-flight step may have run; its inbox may hold items."""
+    decoded: Any = _UNDECODED
+    """`input` decoded already (by a spawn, which checks it), or `_UNDECODED`."""
 
 
 class SagaActor(Actor[SagaMessage]):
@@ -161,7 +166,9 @@ class SagaActor(Actor[SagaMessage]):
         fresh, self._fresh = self._fresh, None  # a restart must reload the snapshot
         if fresh is not None:
             self._state = fresh.transition.state
-            self._input = self._decode_input(fresh.input)
+            self._input = (
+                self._decode_input(fresh.input) if fresh.decoded is _UNDECODED else fresh.decoded
+            )
             if fresh.resumed:
                 # A cancellation waiting in the inbox keeps the in-flight step from running again.
                 await self._look_at_inbox()
