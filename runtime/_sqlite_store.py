@@ -164,7 +164,8 @@ class SqliteStore:
         op = Create(saga, event)
         batch = self._enqueue()
         batch.creates.append(op)
-        await self._wait(batch)
+        await batch.done()
+        self._check(batch)
         if op.error is not None:
             raise op.error
         return op.existing
@@ -173,7 +174,8 @@ class SqliteStore:
         op = Save(state, event, consumed)
         batch = self._enqueue()
         batch.saves.append(op)
-        await self._wait(batch)
+        await batch.done()
+        self._check(batch)
         if op.error is not None:
             raise op.error
 
@@ -181,7 +183,8 @@ class SqliteStore:
         op = Deliver(item)
         batch = self._enqueue()
         batch.deliveries.append(op)
-        await self._wait(batch)
+        await batch.done()
+        self._check(batch)
         if op.error is not None:
             raise op.error
         return op.accepted
@@ -191,7 +194,8 @@ class SqliteStore:
         batch.statements.append(
             ("UPDATE sagas SET status='suspended', error=? WHERE saga_id=?", (reason, saga_id))
         )
-        await self._wait(batch)
+        await batch.done()
+        self._check(batch)
 
     def _enqueue(self) -> Batch:
         if self._task_group is None or self._closing:
@@ -199,8 +203,7 @@ class SqliteStore:
         self._has_work.set()
         return self._batch
 
-    async def _wait(self, batch: Batch) -> None:
-        await batch.wait()
+    def _check(self, batch: Batch) -> None:
         if batch.failure is not None:
             raise StoreError(f"write to {self.path} failed: {batch.failure}") from batch.failure
 

@@ -21,6 +21,7 @@ from saga import (
     CorruptSagaError,
     SagaEndedError,
     SagaNotFound,
+    SagaState,
     SagaStatus,
     StaleStateError,
     StoredSaga,
@@ -35,6 +36,35 @@ _SELECT_CHUNK = 500
 _INDEXED = "status, wake_at, runnable"
 """The columns of `sagas` a transition can change that its indexes cover."""
 _ENDED = frozenset(status.value for status in SagaStatus if status.is_terminal)
+_HINTS = 100_000
+"""At most this many sagas are remembered (`BatchWriter._hints`)."""
+
+Indexed = tuple[str, float | None, int]
+"""A saga row's indexed columns: status, wake_at, runnable."""
+Hint = tuple[str, int, float | None, str | None]
+"""What `BatchWriter` remembers of a row: status, runnable, wake_at, waiting_for."""
+
+_DELETE_CONSUMED = "DELETE FROM inbox WHERE id=? AND saga_id=?"
+_INSERT_NEW = (
+    "INSERT INTO sagas(saga_id, saga_name, status, seq, input, snapshot, wake_at, "
+    "runnable, waiting_for, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_UPDATE_SNAPSHOT = (
+    "UPDATE sagas SET snapshot=?, seq=?, updated_at=? WHERE saga_id=? AND seq=? AND status=? "
+    "AND runnable=? AND wake_at IS ? AND waiting_for IS ?"
+)
+_UPDATE_FULL = (
+    "UPDATE sagas SET snapshot=?, seq=?, waiting_for=?, updated_at=?, "
+    "status=?, wake_at=?, runnable=? WHERE saga_id=? AND seq=?"
+)
+
+
+def _indexed(state: SagaState) -> Indexed:
+    return (state.status.value, state.wake_at, int(state.in_flight))
+
+
+def _hint(state: SagaState) -> Hint:
+    return (state.status.value, int(state.in_flight), state.wake_at, state.waiting_for)
 
 
 @dataclass(slots=True, eq=False)
@@ -52,12 +82,18 @@ class Batch:
     def __len__(self) -> int:
         return len(self.creates) + len(self.saves) + len(self.deliveries) + len(self.statements)
 
-    async def wait(self) -> None:
-        """Wait until the batch is committed or has failed (see `failure`)."""
-        if not self.finished:
-            waiter = asyncio.get_running_loop().create_future()
+    def done(self) -> asyncio.Future[None]:
+        """A future resolved when the batch is committed or has failed (see `failure`).
+
+        A plain future, awaited by the writing coroutine itself: every transition
+        waits once, and a coroutine in between costs a frame at each resumption.
+        """
+        waiter = asyncio.get_running_loop().create_future()
+        if self.finished:
+            waiter.set_result(None)
+        else:
             self._waiters.append(waiter)
-            await waiter
+        return waiter
 
     def finish(self) -> None:
         """Wake every waiter (a cancelled one has gone already)."""
@@ -79,6 +115,9 @@ class BatchWriter:
 
     def __init__(self, path: Path, synchronous: str, busy_timeout: float) -> None:
         self.path = path
+        self._hints: dict[str, Hint] = {}
+        """The columns besides the snapshot of each live saga as last written here
+        (`_update_guarded`): a hint, checked by the UPDATE itself."""
         self._conn = connect(path, synchronous, busy_timeout)
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -120,9 +159,9 @@ class BatchWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             history: list[tuple[object, ...]] = []
-            if batch.creates:
+            if batch.creates and not self._insert_unchecked(batch.creates, history):
                 self._insert_new(batch.creates, history)
-            if batch.saves:
+            if batch.saves and not self._update_guarded(batch.saves, history):
                 self._update(batch.saves, history)
             if batch.deliveries:
                 self._deliver(batch.deliveries)
@@ -134,10 +173,96 @@ class BatchWriter:
                 )
             conn.execute("COMMIT")
         except BaseException:
+            self._hints.clear()  # they may describe writes that were rolled back
             # The failed statement may already have rolled the transaction back.
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+
+    def _all_or_nothing(self, statements: list[tuple[str, list[tuple[object, ...]]]]) -> bool:
+        """Run `statements` (executemany each); keep them only if every row changed one
+        row. Then nothing needs checking first: no SELECT, no temporary IN-list table."""
+        conn = self._conn
+        conn.execute("SAVEPOINT unchecked")
+        changed = expected = 0
+        for sql, rows in statements:
+            if rows:
+                changed += conn.executemany(sql, rows).rowcount
+                expected += len(rows)
+        if changed != expected:
+            conn.execute("ROLLBACK TO unchecked")
+        conn.execute("RELEASE unchecked")
+        return changed == expected
+
+    def _insert_unchecked(self, creates: list[Create], history: list[tuple[object, ...]]) -> bool:
+        """Insert new sagas none of which exists (the usual case); False, having written
+        nothing, if one does or one id comes twice (then `_insert_new` sorts them out)."""
+        if len({op.saga.saga_id for op in creates}) != len(creates):
+            return False
+        rows = [new_saga_row(op) for op in creates]
+        if not self._all_or_nothing([(_INSERT_NEW + " ON CONFLICT(saga_id) DO NOTHING", rows)]):
+            return False
+        for op in creates:
+            state = op.saga.state
+            self._remember(state)
+            history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
+        return True
+
+    def _update_guarded(self, saves: list[Save], history: list[tuple[object, ...]]) -> bool:
+        """Write saves that each follow the stored snapshot (the usual case), in UPDATEs
+        guarded by the expected seq; False, having written nothing, if one does not or a
+        saga comes twice (then `_update` checks each)."""
+        if len({op.state.saga_id for op in saves}) != len(saves):
+            return False
+        narrow: list[tuple[object, ...]] = []
+        full: list[tuple[object, ...]] = []
+        consumed: list[tuple[object, ...]] = []
+        hints = self._hints
+        for op in saves:
+            state = op.state
+            snapshot = encode_state(state)
+            hint = _hint(state)
+            if hints.get(state.saga_id) == hint:
+                # Only the snapshot changes (see `_update`). The guard makes sure the
+                # other columns hold what the hint says (a quarantine changes the status).
+                narrow.append(
+                    (snapshot, state.seq, state.updated_at, state.saga_id, state.seq - 1, *hint)
+                )
+            else:
+                status, wake_at, runnable = _indexed(state)
+                full.append(
+                    (
+                        snapshot,
+                        state.seq,
+                        state.waiting_for,
+                        state.updated_at,
+                        status,
+                        wake_at,
+                        runnable,
+                        state.saga_id,
+                        state.seq - 1,
+                    )
+                )
+            if op.consumed is not None:
+                consumed.append((op.consumed, state.saga_id))
+        if not self._all_or_nothing(
+            [(_UPDATE_SNAPSHOT, narrow), (_UPDATE_FULL, full), (_DELETE_CONSUMED, consumed)]
+        ):
+            self._hints.clear()  # some hint may be wrong: start again from none
+            return False
+        for op in saves:
+            state = op.state
+            self._remember(state)
+            history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
+        return True
+
+    def _remember(self, state: SagaState) -> None:
+        if state.status.is_terminal:
+            self._hints.pop(state.saga_id, None)
+            return
+        if len(self._hints) >= _HINTS:
+            self._hints.clear()
+        self._hints[state.saga_id] = _hint(state)
 
     def _select_in(self, columns: str, ids: list[str]) -> list[tuple[object, ...]]:
         rows: list[tuple[object, ...]] = []
@@ -166,14 +291,10 @@ class BatchWriter:
                 continue
             existing[saga.saga_id] = saga  # a duplicate later in this batch sees this one
             rows.append(new_saga_row(op))
+            self._remember(saga.state)
             history.append((saga.saga_id, saga.state.seq, op.event.at, encode_event(op.event)))
         if rows:
-            self._conn.executemany(
-                "INSERT INTO sagas(saga_id, saga_name, status, seq, input, snapshot, wake_at, "
-                "runnable, waiting_for, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            self._conn.executemany(_INSERT_NEW, rows)
 
     def _update(self, saves: list[Save], history: list[tuple[object, ...]]) -> None:
         # Check each save against the stored seq first (the write lock is held):
@@ -199,8 +320,9 @@ class BatchWriter:
                     f"this write expected #{state.seq - 1}"
                 )
                 continue
-            indexed = (state.status.value, state.wake_at, int(state.in_flight))
+            indexed = _indexed(state)
             stored[state.saga_id] = (state.seq, *indexed)  # a later save in this batch builds on it
+            self._remember(state)
             snapshot = encode_state(state)
             # SQLite rewrites every index over a column an UPDATE sets, even to the same
             # value: most transitions leave those columns alone, so leave them out. A saga
@@ -235,7 +357,7 @@ class BatchWriter:
                 full,
             )
         if consumed:
-            self._conn.executemany("DELETE FROM inbox WHERE id=? AND saga_id=?", consumed)
+            self._conn.executemany(_DELETE_CONSUMED, consumed)
 
     def _deliver(self, deliveries: list[Deliver]) -> None:
         statuses = {
