@@ -55,14 +55,34 @@ _CLAIM_PAGE = 50
 class _Waiter:
     """Woken when a saga's actor stops; carries the final state when it finished."""
 
-    __slots__ = ("done", "state", "users")
+    __slots__ = ("_futures", "is_set", "state", "users")
 
     def __init__(self) -> None:
-        # asyncio's own Event: anyio's costs several times more to make and wait on,
-        # and every `result()` makes one.
-        self.done = asyncio.Event()
+        # Plain futures, one per wait: every `result()` makes a waiter, and an Event
+        # (asyncio's binds itself to the loop under a global lock, anyio's is dearer)
+        # costs several times more. One per wait, so a cancelled wait cancels no other.
+        self._futures: list[asyncio.Future[None]] = []
+        self.is_set = False
         self.state: SagaState | None = None
         self.users = 0
+
+    def set(self) -> None:
+        self.is_set = True
+        for future in self._futures:
+            if not future.done():
+                future.set_result(None)
+        self._futures.clear()
+
+    def wait(self) -> asyncio.Future[None]:
+        future = asyncio.get_running_loop().create_future()
+        if self.is_set:
+            future.set_result(None)
+            return future
+        futures = self._futures
+        if futures and futures[-1].done():  # an abandoned wait (a timeout): drop them
+            futures[:] = [waiting for waiting in futures if not waiting.done()]
+        futures.append(future)
+        return future
 
 
 class SagaHost:
@@ -113,7 +133,7 @@ class SagaHost:
 
     def close(self) -> None:
         for waiter in self._waiters.values():
-            waiter.done.set()
+            waiter.set()
         self._waiters.clear()
         self._task_group = None
 
@@ -267,7 +287,7 @@ class SagaHost:
                 self.shared.release(saga_id)
         waiter = self._waiters.pop(saga_id, None)
         if waiter is not None:
-            waiter.done.set()
+            waiter.set()
         if nudges.inbox and error is None and self._task_group is not None and not self.stopping:
             # A nudge landed as the actor stopped: bring it back for its inbox.
             self._task_group.start_soon(self.activate, saga_id, None)
@@ -294,7 +314,7 @@ class SagaHost:
 
     async def wait(self, waiter: _Waiter) -> SagaState | None:
         """Wait until the saga's actor stops; its final state if it finished."""
-        await waiter.done.wait()
+        await waiter.wait()
         return waiter.state
 
     async def _try_again(self, saga_id: str, delay: float) -> None:
@@ -337,4 +357,4 @@ class SagaHost:
         finally:
             waiter = self._waiters.pop(saga_id, None)
             if waiter is not None:
-                waiter.done.set()
+                waiter.set()
