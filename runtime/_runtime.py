@@ -243,8 +243,8 @@ class Runtime:
         elif not isinstance(saga_id, str) or not saga_id.strip():
             raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r}")
         _check_text(saga_id, "saga_id")
-        data = encode_payload(input, f"input of saga {definition.name!r}")
-        decoded = decode_payload(data, definition.input_type, f"input of saga {definition.name!r}")
+        data = encode_payload(input, "input of saga", definition.name)
+        decoded = decode_payload(data, definition.input_type, "input of saga", definition.name)
         started = SagaStarted(at=self._clock.now())
         first = transition(definition, initial_state(definition, saga_id), started)
         stored = StoredSaga(saga_id, definition.name, data, first.state)
@@ -447,17 +447,16 @@ class Runtime:
 
     def _outcome(self, state: SagaState) -> Output:
         definition = self._sagas.get(state.saga_name)
-        names = [s.name for s in definition.steps] if definition else None
-        if names is None:
+        if definition is None:
             raise UnknownSagaError(f"saga {state.saga_name!r} is not one of this runtime's sagas")
         if state.status is SagaStatus.COMPLETED:
-            assert definition is not None
             return {
                 step.name: decode_payload(
-                    bytes(recorded.result), step.result_type, f"result of step {step.name!r}"
+                    bytes(recorded.result), step.result_type, "result of step", step.name
                 )
                 for step, recorded in zip(definition.steps, state.steps, strict=True)
             }
+        names = [step.name for step in definition.steps]
         cause_step = names[state.failed_step] if state.failed_step is not None else None
         if state.status is SagaStatus.COMPENSATED:
             raise SagaCompensated(state.saga_id, cause_step, state.failure)

@@ -225,7 +225,7 @@ class SagaActor(Actor[SagaMessage]):
         return None
 
     def _decode_input(self, data: bytes) -> Any:
-        return decode_payload(data, self._saga.input_type, f"input of saga {self._saga_id!r}")
+        return decode_payload(data, self._saga.input_type, "input of saga", self._saga_id)
 
     async def _drive(self, first: Event | None) -> None:
         """Apply events (and then the inbox) until the saga waits or ends.
@@ -337,7 +337,7 @@ class SagaActor(Actor[SagaMessage]):
             step = self._saga.steps[index]
             raw = (state or self.state).steps[index].result
             self._results[index] = decode_payload(
-                bytes(raw), step.result_type, f"result of step {step.name!r}"
+                bytes(raw), step.result_type, "result of step", step.name
             )
         return self._results[index]
 

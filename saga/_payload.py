@@ -14,23 +14,31 @@ _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 type such as `dict[str, int]` again on every call (~3 us)."""
 
 
-def encode_payload(value: object, what: str) -> bytes:
+def encode_payload(value: object, what: str, name: str | None = None) -> bytes:
     """JSON bytes for `value`, keys sorted so equal values encode equally.
 
-    Raises `PayloadError` if msgspec cannot serialize it.
+    Raises `PayloadError` if msgspec cannot serialize it; its message names the
+    value as `what`, followed by `name` quoted when given (formatted only then:
+    every step result passes through here).
     """
     try:
         return _encoder.encode(value)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
-        raise PayloadError(f"{what} is not msgspec-serializable: {exc}") from exc
+        raise PayloadError(f"{_named(what, name)} is not msgspec-serializable: {exc}") from exc
 
 
-def decode_payload(data: bytes, type_: Any, what: str) -> Any:
-    """Decode JSON bytes as `type_`. Raises `PayloadError` on a mismatch."""
+def decode_payload(data: bytes, type_: Any, what: str, name: str | None = None) -> Any:
+    """Decode JSON bytes as `type_`. Raises `PayloadError` on a mismatch (`what`,
+    `name`: as for `encode_payload`)."""
     try:
         return _decoder(type_).decode(data)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise PayloadError(f"{what} does not match its declared type: {exc}") from exc
+        message = f"{_named(what, name)} does not match its declared type: {exc}"
+        raise PayloadError(message) from exc
+
+
+def _named(what: str, name: str | None) -> str:
+    return what if name is None else f"{what} {name!r}"
 
 
 def _decoder(type_: Any) -> msgspec.json.Decoder[Any]:

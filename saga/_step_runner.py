@@ -73,7 +73,7 @@ async def attempt_step(
         kind = classify(step, exc, compensating=False)
         return _step_failed(index, ctx, error_info(exc), kind, now, rng)
     try:
-        result = encode_payload(value, f"result of step {step.name!r}")
+        result = encode_payload(value, "result of step", step.name)
     except PayloadError as exc:
         # It returned, so it took effect: ambiguous, compensated with None.
         return _step_failed(index, ctx, error_info(exc), FailureKind.AMBIGUOUS, now, rng)
