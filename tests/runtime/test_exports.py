@@ -63,7 +63,7 @@ def test_design_contract_names_import() -> None:
     for error in (NonRetryableError, SagaCompensated, SagaFailed, SagaNotFound, DuplicateSagaError):
         assert issubclass(error, Exception)
     assert {"saga_id", "step", "attempt", "idempotency_key", "results"} <= set(
-        StepContext.__dataclass_fields__
+        inspect.signature(StepContext).parameters
     )
     assert {
         "maximum_attempts",
