@@ -13,13 +13,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import msgspec
+
 from ._events import Event
 from ._model import SagaState
 
 
-@dataclass(frozen=True, slots=True)
-class StoredSaga:
-    """A saga as stored: its immutable input (JSON bytes) and its latest snapshot."""
+class StoredSaga(msgspec.Struct, frozen=True, gc=False):
+    """A saga as stored: its immutable input (JSON bytes) and its latest snapshot.
+
+    A frozen msgspec Struct: every spawn makes one, and a frozen dataclass takes
+    several times longer to build."""
 
     saga_id: str
     saga_name: str
