@@ -118,8 +118,7 @@ SagaMessage = WakeUp | Nudge | GetState
 _UNDECODED: Any = object()
 
 
-@dataclass(frozen=True, slots=True)
-class FreshStart:
+class FreshStart(msgspec.Struct, frozen=True):
     """A saga whose latest transition is durable and in hand (spawned or resumed)."""
 
     transition: Transition
