@@ -107,9 +107,12 @@ async def attempt_compensation(
     assert step.compensate is not None
     error: ErrorInfo
     try:
-        await call_with_timeout(
-            step.compensation_timeout, step.compensate, ctx, saga_input, recorded
-        )
+        if step.compensation_timeout is None:  # as in `attempt_step`: no extra frame
+            await step.compensate(ctx, saga_input, recorded)
+        else:
+            await call_with_timeout(
+                step.compensation_timeout, step.compensate, ctx, saga_input, recorded
+            )
     except StepTimeout as exc:
         error, kind = error_info(exc, timed_out=True), FailureKind.TRANSIENT
     except Exception as exc:
