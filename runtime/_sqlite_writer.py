@@ -204,7 +204,7 @@ class BatchWriter:
             return False
         for op in creates:
             state = op.saga.state
-            self._remember(state)
+            self._remember(state.saga_id, _hint(state))
             history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
         return True
 
@@ -218,10 +218,12 @@ class BatchWriter:
         full: list[tuple[object, ...]] = []
         consumed: list[tuple[object, ...]] = []
         hints = self._hints
+        written: list[Hint] = []
         for op in saves:
             state = op.state
             snapshot = encode_state(state)
             hint = _hint(state)
+            written.append(hint)
             if hints.get(state.saga_id) == hint:
                 # Only the snapshot changes (see `_update`). The guard makes sure the
                 # other columns hold what the hint says (a quarantine changes the status).
@@ -229,7 +231,7 @@ class BatchWriter:
                     (snapshot, state.seq, state.updated_at, state.saga_id, state.seq - 1, *hint)
                 )
             else:
-                status, wake_at, runnable = _indexed(state)
+                status, runnable, wake_at, _ = hint
                 full.append(
                     (
                         snapshot,
@@ -250,19 +252,19 @@ class BatchWriter:
         ):
             self._hints.clear()  # some hint may be wrong: start again from none
             return False
-        for op in saves:
+        for op, hint in zip(saves, written, strict=True):
             state = op.state
-            self._remember(state)
+            self._remember(state.saga_id, hint)
             history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
         return True
 
-    def _remember(self, state: SagaState) -> None:
-        if state.status.is_terminal:
-            self._hints.pop(state.saga_id, None)
+    def _remember(self, saga_id: str, hint: Hint) -> None:
+        if hint[0] in _ENDED:
+            self._hints.pop(saga_id, None)
             return
         if len(self._hints) >= _HINTS:
             self._hints.clear()
-        self._hints[state.saga_id] = _hint(state)
+        self._hints[saga_id] = hint
 
     def _select_in(self, columns: str, ids: list[str]) -> list[tuple[object, ...]]:
         rows: list[tuple[object, ...]] = []
@@ -291,7 +293,7 @@ class BatchWriter:
                 continue
             existing[saga.saga_id] = saga  # a duplicate later in this batch sees this one
             rows.append(new_saga_row(op))
-            self._remember(saga.state)
+            self._remember(saga.saga_id, _hint(saga.state))
             history.append((saga.saga_id, saga.state.seq, op.event.at, encode_event(op.event)))
         if rows:
             self._conn.executemany(_INSERT_NEW, rows)
@@ -322,7 +324,7 @@ class BatchWriter:
                 continue
             indexed = _indexed(state)
             stored[state.saga_id] = (state.seq, *indexed)  # a later save in this batch builds on it
-            self._remember(state)
+            self._remember(state.saga_id, _hint(state))
             snapshot = encode_state(state)
             # SQLite rewrites every index over a column an UPDATE sets, even to the same
             # value: most transitions leave those columns alone, so leave them out. A saga
