@@ -153,10 +153,15 @@ class SagaState(
     def wake_at(self) -> float | None:
         """When the saga next needs waking without a message, if ever."""
         due = self.deadline_at if self.status in FORWARD else None
-        for step in self.steps:  # a plain loop: the writer asks this of every snapshot
-            for t in (step.retry_at, step.compensation_retry_at, step.wait_until):
-                if t is not None and (due is None or t < due):
-                    due = t
+        # Plain loops, no tuple per step: the writer asks this of every snapshot.
+        for step in self.steps:
+            if step.retry_at is not None and (due is None or step.retry_at < due):
+                due = step.retry_at
+            if step.wait_until is not None and (due is None or step.wait_until < due):
+                due = step.wait_until
+            retry = step.compensation_retry_at
+            if retry is not None and (due is None or retry < due):
+                due = retry
         return due
 
     @property
