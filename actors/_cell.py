@@ -19,10 +19,14 @@ from ._ref import ActorRef
 
 M = TypeVar("M")
 
+_RECANCEL_AFTER = 0.1
+"""Seconds between cancellations of an actor asked to stop that is still running."""
+
 
 class Cell(Generic[M]):
     __slots__ = (
         "_cancels",
+        "_incarnation",
         "_scope",
         "_stop_signal",
         "_stopped",
@@ -51,6 +55,7 @@ class Cell(Generic[M]):
         # cancels the task (an anyio scope per actor costs more than the rest of a start).
         self._task: asyncio.Task[object] | None = None
         self._cancels = 0
+        self._incarnation = 0
         # Events are made only when someone waits: most actors never need them.
         self._stopped: anyio.Event | None = None
         self._stop_signal: anyio.Event | None = None
@@ -66,8 +71,17 @@ class Cell(Generic[M]):
             self._scope.cancel()
         elif self._task is not None and self._task is not asyncio.current_task():
             # From inside the actor there is nothing to interrupt: it is running.
-            self._cancels += 1
-            self._task.cancel()
+            self._cancel_bare(self._incarnation)
+
+    def _cancel_bare(self, incarnation: int) -> None:
+        task = self._task
+        if task is None or incarnation != self._incarnation:
+            return  # that incarnation is over
+        self._cancels += 1
+        task.cancel()
+        # Again and again until it is over, as a cancelled anyio scope does: code that
+        # swallowed the CancelledError must not keep the actor running.
+        asyncio.get_running_loop().call_later(_RECANCEL_AFTER, self._cancel_bare, incarnation)
 
     async def join(self) -> None:
         """Wait until the actor has stopped for good."""
@@ -100,10 +114,11 @@ class Cell(Generic[M]):
         if actor.spawns_children:
             await self._run_with_children(actor)
         elif not self.stop_requested:
-            # Inline, not in a helper: each resumption of the actor passes every frame.
+            # No cancel scope: a stop or an interrupt cancels this task (`_cancel_now`).
             task = asyncio.current_task()
             assert task is not None
             self._task = task
+            self._incarnation += 1
             try:
                 await _serve(actor, self.mailbox)
             except asyncio.CancelledError:

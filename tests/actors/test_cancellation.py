@@ -1,0 +1,82 @@
+"""Stopping and interrupting actors that run without children (`spawns_children = False`):
+they run bare in their task, and the cell cancels the task itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+
+from actors import Actor, Supervisor
+
+
+class Sleeper(Actor[str]):
+    """Sleeps in `on_start`; `swallow` CancelledErrors are caught and ignored first."""
+
+    spawns_children = False
+
+    def __init__(self, log: list[str], swallow: int = 0) -> None:
+        self.log = log
+        self.swallow = swallow
+
+    async def on_start(self) -> None:
+        self.log.append("start")
+        while True:
+            try:
+                await anyio.sleep(30)
+            except asyncio.CancelledError:
+                if self.swallow == 0:
+                    self.log.append("cancelled")
+                    raise
+                self.swallow -= 1
+                self.log.append("swallowed")
+
+    async def on_stop(self) -> None:
+        self.log.append("stop")
+
+
+async def test_stop_cancels_a_bare_actor_and_runs_on_stop() -> None:
+    log: list[str] = []
+    async with Supervisor() as supervisor:
+        ref = supervisor.spawn(lambda: Sleeper(log), name="sleeper")
+        await anyio.sleep(0.01)
+        with anyio.fail_after(2):
+            await ref.stop()
+    assert log == ["start", "cancelled", "stop"]
+
+
+async def test_an_actor_that_swallows_the_cancellation_is_cancelled_again() -> None:
+    log: list[str] = []
+    async with Supervisor() as supervisor:
+        ref = supervisor.spawn(lambda: Sleeper(log, swallow=2), name="stubborn")
+        await anyio.sleep(0.01)
+        with anyio.fail_after(2):
+            await ref.stop()
+    assert log == ["start", "swallowed", "swallowed", "cancelled", "stop"]
+
+
+async def test_an_interrupt_restarts_and_leaves_the_next_incarnation_alone() -> None:
+    log: list[str] = []
+    async with Supervisor() as supervisor:
+        ref = supervisor.spawn(lambda: Sleeper(log), name="sleeper")
+        await anyio.sleep(0.01)
+        ref.interrupt()
+        # Longer than the cell waits before cancelling a still-running incarnation again.
+        await anyio.sleep(0.3)
+        assert log == ["start", "cancelled", "start"]
+        with anyio.fail_after(2):
+            await ref.stop()
+    assert log == ["start", "cancelled", "start", "cancelled", "stop"]
+
+
+async def test_a_cancellation_from_elsewhere_is_not_swallowed() -> None:
+    log: list[str] = []
+    async with Supervisor() as supervisor:
+        ref = supervisor.spawn(lambda: Sleeper(log), name="sleeper")
+        await anyio.sleep(0.01)
+        task = next(t for t in asyncio.all_tasks() if t.get_name() == "sleeper")
+        task.cancel()  # not the cell's: the task ends cancelled, on_stop never runs
+        with anyio.fail_after(2):
+            await ref.join()
+        assert task.cancelled()
+    assert log == ["start", "cancelled"]
