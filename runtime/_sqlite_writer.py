@@ -36,8 +36,10 @@ _SELECT_CHUNK = 500
 _INDEXED = "status, wake_at, runnable"
 """The columns of `sagas` a transition can change that its indexes cover."""
 _ENDED = frozenset(status.value for status in SagaStatus if status.is_terminal)
-_HINTS = 100_000
-"""At most this many sagas are remembered (`BatchWriter._hints`)."""
+_HINTS = 10_000
+"""At most this many sagas are remembered (`BatchWriter._hints`; forgotten all at once
+when full). The sagas in flight are the ones that gain; a hundred thousand waiting
+sagas would hold megabytes for nothing."""
 
 Indexed = tuple[str, float | None, int]
 """A saga row's indexed columns: status, wake_at, runnable."""
