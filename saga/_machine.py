@@ -66,8 +66,8 @@ Any other (status, event) pair raises `InvalidTransitionError`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 from msgspec.structs import replace
@@ -138,32 +138,9 @@ def transition(saga: Saga, state: SagaState, event: Event) -> Transition:
         raise InvalidTransitionError(
             f"snapshot of saga {state.saga_id!r} does not match definition {saga.name!r}"
         )
-    match event:
-        case SagaStarted():
-            return _on_started(saga, state, event)
-        case StepSucceeded():
-            _running_step(state, event)
-            return _step_done(saga, state, event, event.step, event.result)
-        case StepFailed():
-            return _on_step_failed(saga, state, event)
-        case StepWaiting():
-            return _on_step_waiting(saga, state, event)
-        case SignalReceived():
-            return _on_signal(saga, state, event)
-        case CancelRequested():
-            return _on_cancel(saga, state, event)
-        case CompensationSucceeded():
-            return _on_compensation_succeeded(saga, state, event)
-        case CompensationFailed():
-            return _on_compensation_failed(saga, state, event)
-        case TimerFired():
-            return _on_timer(saga, state, event)
-        case Recovered():
-            return _on_recovered(state, event)
-        case Suspended():
-            return _on_suspended(state, event)
-        case Resumed():
-            return _on_resumed(state, event)
+    handler = _HANDLERS.get(type(event))
+    if handler is not None:  # one dict lookup, not a chain of isinstance checks
+        return handler(saga, state, event)
     raise InvalidTransitionError(f"unknown event {event!r}")  # pragma: no cover
 
 
@@ -600,3 +577,25 @@ def _on_resumed(state: SagaState, event: Resumed) -> Transition:
         recoveries=0,
     )
     return Transition(new, _carry_on(new))
+
+
+def _on_step_succeeded(saga: Saga, state: SagaState, event: StepSucceeded) -> Transition:
+    _running_step(state, event)
+    return _step_done(saga, state, event, event.step, event.result)
+
+
+_HANDLERS: dict[type[Event], Callable[[Saga, SagaState, Any], Transition]] = {
+    SagaStarted: _on_started,
+    StepSucceeded: _on_step_succeeded,
+    StepFailed: _on_step_failed,
+    StepWaiting: _on_step_waiting,
+    SignalReceived: _on_signal,
+    CancelRequested: _on_cancel,
+    CompensationSucceeded: _on_compensation_succeeded,
+    CompensationFailed: _on_compensation_failed,
+    TimerFired: _on_timer,
+    Recovered: lambda saga, state, event: _on_recovered(state, event),
+    Suspended: lambda saga, state, event: _on_suspended(state, event),
+    Resumed: lambda saga, state, event: _on_resumed(state, event),
+}
+"""`transition`'s dispatch: each event type's handler (event types are final)."""
