@@ -63,9 +63,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE UNIQUE INDEX inbox_by_key ON inbox(saga_id, kind, key) WHERE key IS NOT NULL",
     ),
     3: (
-        # No query ever used it (sagas_listing serves every lookup by status), and
-        # its `status IN (...)` condition built a temporary table at every insert
-        # and status change: a few percent of the CPU of each saga.
+        # No query used these two (sagas_listing serves every lookup by status), yet
+        # every write kept them up; the `status IN (...)` condition of sagas_live also
+        # built a temporary table at every insert and status change.
         "DROP INDEX sagas_live",
+        "DROP INDEX sagas_runnable",
     ),
 }
