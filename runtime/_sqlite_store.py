@@ -45,6 +45,16 @@ from ._writes import Create, Deliver, Save, stored_saga
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
 _LIVE_STATUSES = tuple(status.value for status in SagaStatus if status.is_live)
+_LIVE_MARKS = ",".join("?" * len(_LIVE_STATUSES))
+# The unary `+` keeps SQLite off the status index for these two: the wake_at index
+# then finds the due sagas alone, not every live saga.
+DUE = (
+    "SELECT saga_id, saga_name, wake_at FROM sagas "
+    f"WHERE wake_at IS NOT NULL AND wake_at <= ? AND +status IN ({_LIVE_MARKS})"
+)
+NEXT_WAKE_AT = (
+    f"SELECT min(wake_at) FROM sagas WHERE wake_at IS NOT NULL AND +status IN ({_LIVE_MARKS})"
+)
 _SELECT_CHUNK = 500
 
 
@@ -310,11 +320,7 @@ class SqliteStore:
     async def due(
         self, now: float, *, after: tuple[float, str] | None = None, limit: int = 500
     ) -> Sequence[DueSaga]:
-        marks = ",".join("?" * len(_LIVE_STATUSES))
-        sql = (
-            "SELECT saga_id, saga_name, wake_at FROM sagas "
-            f"WHERE wake_at IS NOT NULL AND wake_at <= ? AND status IN ({marks})"
-        )
+        sql = DUE
         params: list[object] = [now, *_LIVE_STATUSES]
         if after is not None:
             sql += " AND (wake_at > ? OR (wake_at = ? AND saga_id > ?))"
@@ -325,8 +331,7 @@ class SqliteStore:
         return [DueSaga(saga_id, saga_name, wake_at) for saga_id, saga_name, wake_at in rows]
 
     async def next_wake_at(self, after: float | None = None) -> float | None:
-        marks = ",".join("?" * len(_LIVE_STATUSES))
-        sql = f"SELECT min(wake_at) FROM sagas WHERE wake_at IS NOT NULL AND status IN ({marks})"
+        sql = NEXT_WAKE_AT
         params: list[object] = list(_LIVE_STATUSES)
         if after is not None:
             sql += " AND wake_at > ?"

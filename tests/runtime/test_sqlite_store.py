@@ -16,9 +16,10 @@ from runtime import (
     SchemaVersionError,
     SqliteStore,
     StoreLockedError,
+    _sqlite_store,
     _sqlite_writer,
 )
-from runtime._schema import SCHEMA_VERSION
+from runtime._schema import MIGRATIONS, SCHEMA_VERSION
 from saga import (
     ErrorInfo,
     FailureKind,
@@ -240,3 +241,18 @@ async def test_writes_build_no_temporary_table(store: SqliteStore) -> None:
         ):
             opcodes = [row[1] for row in conn.execute(f"EXPLAIN {sql}", [None] * sql.count("?"))]
             assert "OpenEphemeral" not in opcodes, sql
+
+
+def test_timer_queries_read_the_wake_at_index(db_path: Path) -> None:
+    # Through the status index they would read every live saga at each timer check:
+    # a hundred thousand waiting sagas for the few that are due.
+    with sqlite3.connect(db_path) as conn:
+        for version in range(1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+        for sql, params in (
+            (_sqlite_store.DUE + " ORDER BY wake_at, saga_id LIMIT 10", [1.0, "a", "b", "c"]),
+            (_sqlite_store.NEXT_WAKE_AT, ["a", "b", "c"]),
+        ):
+            plan = " ".join(row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert "USING INDEX sagas_wake_at" in plan, plan
