@@ -66,6 +66,7 @@ Any other (status, event) pair raises `InvalidTransitionError`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -123,8 +124,14 @@ def initial_state(saga: Saga, saga_id: str) -> SagaState:
         saga_id=saga_id,
         saga_name=saga.name,
         definition_version=saga.version,
-        steps=tuple(StepState() for _ in saga.steps),
+        steps=_pending_steps(len(saga.steps)),
     )
+
+
+@functools.cache
+def _pending_steps(count: int) -> tuple[StepState, ...]:
+    # StepStates are frozen: every new saga of a definition can share one tuple.
+    return tuple(StepState() for _ in range(count))
 
 
 def start(saga: Saga, saga_id: str, at: float) -> Transition:
