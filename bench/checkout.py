@@ -155,6 +155,7 @@ def suite(args: argparse.Namespace) -> None:
         ("conc1", 1, False, max(500, args.n // 20)),
     ]
     table: list[tuple[str, str, float | None, float | None, float | None]] = []
+    pairs: dict[str, list[float]] = {}
     for label, conc, fail, n in scenarios:
         impls: dict[str, list[dict[str, Any]]] = {"sagaloop": [], "floor": [], "dbos": []}
         for _ in range(args.runs):
@@ -176,6 +177,13 @@ def suite(args: argparse.Namespace) -> None:
                     dbos += ["--db", str(Path(folder) / "dbos.sqlite")]
                     dbos += ["--fail"] if fail else []
                     impls["dbos"].append(run_json(dbos) or {})
+        # Each Sagaloop run and the floor run right after it make a pair: on a noisy
+        # machine their ratio varies less than the ratio of two medians.
+        pairs[label] = sorted(
+            mine["wf_per_s"] / floor["wf_per_s"]
+            for mine, floor in zip(impls["sagaloop"], impls["floor"], strict=False)
+            if mine.get("wf_per_s") and floor.get("wf_per_s")
+        )
         for impl, runs in impls.items():
             for run in runs:
                 if run:
@@ -190,11 +198,12 @@ def suite(args: argparse.Namespace) -> None:
                         median_of(runs, "peak_rss_mb"),
                     )
                 )
-    print_table(table, args)
+    print_table(table, pairs, args)
 
 
 def print_table(
     table: list[tuple[str, str, float | None, float | None, float | None]],
+    pairs: dict[str, list[float]],
     args: argparse.Namespace,
 ) -> None:
     print(f"\n# medians of {args.runs} runs, SQLite WAL synchronous=FULL, {os.cpu_count()} cores")
@@ -207,6 +216,12 @@ def print_table(
                 other = by_key.get((scenario, anchor))
                 if other and other[2] and rate:
                     ratios.append(f"{rate / other[2]:.2f}x {anchor} throughput")
+                    paired = pairs.get(scenario) if anchor == "floor" else None
+                    if paired:
+                        ratios[-1] += (
+                            f" (pairs {paired[0]:.2f}-{paired[-1]:.2f},"
+                            f" median {statistics.median(paired):.2f})"
+                        )
                 if other and other[3] and p50 and scenario == "conc1":
                     ratios.append(f"{p50 / other[3]:.2f}x {anchor} p50")
         print(
