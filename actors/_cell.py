@@ -19,9 +19,6 @@ from ._ref import ActorRef
 
 M = TypeVar("M")
 
-_RECANCEL_AFTER = 0.1
-"""Seconds between cancellations of an actor asked to stop that is still running."""
-
 
 class Cell(Generic[M]):
     __slots__ = (
@@ -69,8 +66,13 @@ class Cell(Generic[M]):
     def _cancel_now(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
-        elif self._task is not None and self._task is not asyncio.current_task():
-            # From inside the actor there is nothing to interrupt: it is running.
+        elif self._task is None:
+            return  # not serving: `stop_requested` keeps the next incarnation from starting
+        elif self._task is asyncio.current_task():
+            # Asked from inside the actor: cancel it at its next await, as a cancelled
+            # scope would (not now: on 3.11 `uncancel` leaves a running task's cancel).
+            asyncio.get_running_loop().call_soon(self._cancel_bare, self._incarnation)
+        else:
             self._cancel_bare(self._incarnation)
 
     def _cancel_bare(self, incarnation: int) -> None:
@@ -79,9 +81,10 @@ class Cell(Generic[M]):
             return  # that incarnation is over
         self._cancels += 1
         task.cancel()
-        # Again and again until it is over, as a cancelled anyio scope does: code that
-        # swallowed the CancelledError must not keep the actor running.
-        asyncio.get_running_loop().call_later(_RECANCEL_AFTER, self._cancel_bare, incarnation)
+        # Again at every turn of the loop until the incarnation is over, as a cancelled
+        # anyio scope does: code that swallowed the CancelledError must not carry on
+        # (into a compensation, say) in an incarnation that was told to stop.
+        asyncio.get_running_loop().call_soon(self._cancel_bare, incarnation)
 
     async def join(self) -> None:
         """Wait until the actor has stopped for good."""

@@ -61,7 +61,8 @@ async def test_an_interrupt_restarts_and_leaves_the_next_incarnation_alone() -> 
         ref = supervisor.spawn(lambda: Sleeper(log), name="sleeper")
         await anyio.sleep(0.01)
         ref.interrupt()
-        # Longer than the cell waits before cancelling a still-running incarnation again.
+        # Many loop turns: the interrupted incarnation's re-cancellations must not reach
+        # the new one (the same task runs it).
         await anyio.sleep(0.3)
         assert log == ["start", "cancelled", "start"]
         with anyio.fail_after(2):
@@ -80,3 +81,51 @@ async def test_a_cancellation_from_elsewhere_is_not_swallowed() -> None:
             await ref.join()
         assert task.cancelled()
     assert log == ["start", "cancelled"]
+
+
+class SelfStopper(Actor[str]):
+    """Stops or interrupts itself through its own ref, from inside `receive`."""
+
+    spawns_children = False
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+
+    async def on_start(self) -> None:
+        self.log.append("start")
+
+    async def receive(self, message: str) -> object:
+        if message == "stop yourself":
+            await self.ref.stop()  # the current message is cancelled: no line after it
+            self.log.append("went on after ref.stop()")
+        elif message == "interrupt yourself":
+            self.ref.interrupt()
+            await anyio.sleep(0.05)
+            self.log.append("went on after ref.interrupt()")
+        elif message == "stop":
+            self.stop()
+        return None
+
+    async def on_stop(self) -> None:
+        self.log.append("stop")
+
+
+async def test_a_bare_actor_can_stop_itself_through_its_ref() -> None:
+    log: list[str] = []
+    async with Supervisor() as supervisor:
+        ref = supervisor.spawn(lambda: SelfStopper(log), name="a")
+        await ref.tell("stop yourself")
+        with anyio.fail_after(2):
+            await ref.join()
+    assert log == ["start", "stop"]
+
+
+async def test_an_interrupt_from_inside_restarts_at_the_next_await_and_a_stop_still_stops() -> None:
+    log: list[str] = []
+    async with Supervisor() as supervisor:
+        ref = supervisor.spawn(lambda: SelfStopper(log), name="b")
+        await ref.tell("interrupt yourself")
+        await ref.tell("stop")
+        with anyio.fail_after(2):
+            await ref.join()
+    assert log == ["start", "start", "stop"]
