@@ -66,7 +66,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # No query used these two (sagas_listing serves every lookup by status), yet
         # every write kept them up; the `status IN (...)` condition of sagas_live also
         # built a temporary table at every insert and status change.
-        "DROP INDEX sagas_live",
-        "DROP INDEX sagas_runnable",
+        "DROP INDEX IF EXISTS sagas_live",
+        "DROP INDEX IF EXISTS sagas_runnable",
     ),
 }
