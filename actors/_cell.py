@@ -5,7 +5,6 @@ fresh `Actor` instance built by the factory and driven by `run_incarnation`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -22,12 +21,9 @@ M = TypeVar("M")
 
 class Cell(Generic[M]):
     __slots__ = (
-        "_cancels",
-        "_incarnation",
         "_scope",
         "_stop_signal",
         "_stopped",
-        "_task",
         "factory",
         "interrupt_requested",
         "is_stopped",
@@ -48,11 +44,6 @@ class Cell(Generic[M]):
         self.is_stopped = False
         self.restarts = 0
         self._scope: anyio.CancelScope | None = None
-        # An actor without children runs bare in its task: stopping or interrupting it
-        # cancels the task (an anyio scope per actor costs more than the rest of a start).
-        self._task: asyncio.Task[object] | None = None
-        self._cancels = 0
-        self._incarnation = 0
         # Events are made only when someone waits: most actors never need them.
         self._stopped: anyio.Event | None = None
         self._stop_signal: anyio.Event | None = None
@@ -61,30 +52,8 @@ class Cell(Generic[M]):
         self.stop_requested = True
         if self._stop_signal is not None:
             self._stop_signal.set()
-        self._cancel_now()
-
-    def _cancel_now(self) -> None:
         if self._scope is not None:
             self._scope.cancel()
-        elif self._task is None:
-            return  # not serving: `stop_requested` keeps the next incarnation from starting
-        elif self._task is asyncio.current_task():
-            # Asked from inside the actor: cancel it at its next await, as a cancelled
-            # scope would (not now: on 3.11 `uncancel` leaves a running task's cancel).
-            asyncio.get_running_loop().call_soon(self._cancel_bare, self._incarnation)
-        else:
-            self._cancel_bare(self._incarnation)
-
-    def _cancel_bare(self, incarnation: int) -> None:
-        task = self._task
-        if task is None or incarnation != self._incarnation:
-            return  # that incarnation is over
-        self._cancels += 1
-        task.cancel()
-        # Again at every turn of the loop until the incarnation is over, as a cancelled
-        # anyio scope does: code that swallowed the CancelledError must not carry on
-        # (into a compensation, say) in an incarnation that was told to stop.
-        asyncio.get_running_loop().call_soon(self._cancel_bare, incarnation)
 
     async def join(self) -> None:
         """Wait until the actor has stopped for good."""
@@ -105,7 +74,8 @@ class Cell(Generic[M]):
 
     def interrupt(self) -> None:
         self.interrupt_requested = True
-        self._cancel_now()
+        if self._scope is not None:
+            self._scope.cancel()
 
     async def run_incarnation(self, ref: ActorRef[M]) -> bool:
         """Run one incarnation (`ref` is this cell's) until it stops; True if it was
@@ -116,32 +86,20 @@ class Cell(Generic[M]):
         self.interrupt_requested = False
         if actor.spawns_children:
             await self._run_with_children(actor)
-        elif not self.stop_requested:
-            # No cancel scope: a stop or an interrupt cancels this task (`_cancel_now`).
-            task = asyncio.current_task()
-            assert task is not None
-            self._task = task
-            self._incarnation += 1
+        else:
             try:
-                await _serve(actor, self.mailbox)
-            except asyncio.CancelledError:
-                if not self._forget_cancels(task):
-                    raise  # someone else cancelled the task too: not ours to swallow
+                with anyio.CancelScope() as scope:
+                    self._scope = scope
+                    if self.stop_requested:
+                        scope.cancel()
+                    await _serve(actor, self.mailbox)
             finally:
-                self._task = None
-                self._forget_cancels(task)
+                self._scope = None
         if self.interrupt_requested and not self.stop_requested:
             return True
         self.stop_requested = True
         await actor.on_stop()
         return False
-
-    def _forget_cancels(self, task: asyncio.Task[object]) -> bool:
-        """Take back this cell's cancellations of `task`; True if no other is left."""
-        for _ in range(self._cancels):
-            task.uncancel()
-        self._cancels = 0
-        return task.cancelling() == 0
 
     async def _run_with_children(self, actor: Actor[M]) -> None:
         crash: Exception | None = None

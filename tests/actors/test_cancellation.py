@@ -1,5 +1,6 @@
 """Stopping and interrupting actors that run without children (`spawns_children = False`):
-they run bare in their task, and the cell cancels the task itself."""
+from outside and from inside, when the actor swallows the cancellation, and when someone
+else cancels its task."""
 
 from __future__ import annotations
 
@@ -61,8 +62,8 @@ async def test_an_interrupt_restarts_and_leaves_the_next_incarnation_alone() -> 
         ref = supervisor.spawn(lambda: Sleeper(log), name="sleeper")
         await anyio.sleep(0.01)
         ref.interrupt()
-        # Many loop turns: the interrupted incarnation's re-cancellations must not reach
-        # the new one (the same task runs it).
+        # Many loop turns: the interrupted incarnation's cancellation must not reach the
+        # new one (the same task runs it).
         await anyio.sleep(0.3)
         assert log == ["start", "cancelled", "start"]
         with anyio.fail_after(2):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from pathlib import Path
 
 import anyio
@@ -53,3 +54,39 @@ async def test_a_swallowed_interrupt_does_not_interrupt_a_compensation(tmp_path:
                 await handle.result()
     # The step swallowed the interruption, so it may have taken effect: compensated.
     assert calls == ["undo second", "undo first"]
+
+
+async def test_an_interrupted_step_in_a_thread_finishes_before_its_compensation(
+    tmp_path: Path,
+) -> None:
+    # anyio's to_thread waits for its thread even when cancelled: the interruption takes
+    # effect once the call returns, so the refund cannot overtake the charge. (A plain
+    # task.cancel() per actor, tried for speed, broke this: anyio shields ignore it.)
+    calls: list[str] = []
+    charging = anyio.Event()
+
+    def blocking_charge() -> None:
+        time.sleep(0.3)  # a blocking client call, in a worker thread
+        calls.append("charged")
+
+    async def charge(ctx: StepContext, _: object) -> int:
+        charging.set()
+        await anyio.to_thread.run_sync(blocking_charge)
+        return 1
+
+    async def refund(ctx: StepContext, _: object, result: object) -> None:
+        calls.append("refunded")
+
+    async def ship(ctx: StepContext, _: object) -> int:
+        calls.append("shipped")
+        return 2
+
+    saga = Saga("pay", [Step("charge", charge, compensate=refund), Step("ship", ship)])
+    async with Runtime(tmp_path / "db.sqlite", sagas=[saga]) as rt:
+        handle = await rt.spawn(saga, None, saga_id="p")
+        with anyio.fail_after(5):
+            await charging.wait()
+            await rt.cancel("p", "user")
+            with pytest.raises(SagaCompensated):
+                await handle.result()
+    assert calls == ["charged", "refunded"]
