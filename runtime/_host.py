@@ -7,7 +7,6 @@ saga whose actor keeps crashing. The `Runtime` is its public face.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import random
@@ -44,6 +43,7 @@ from saga import (
 )
 
 from ._errors import RuntimeNotRunningError
+from ._latch import Latch
 from ._timers import TimerService
 
 logger = logging.getLogger("runtime")
@@ -52,37 +52,16 @@ _CLAIM_PAGE = 50
 """Orphans claimed per statement: small pages spread a burst among the runtimes sweeping."""
 
 
-class _Waiter:
-    """Woken when a saga's actor stops; carries the final state when it finished."""
+class _Waiter(Latch):
+    """Set when a saga's actor stops (every `result()` makes one); carries the final
+    state when it finished."""
 
-    __slots__ = ("_futures", "is_set", "state", "users")
+    __slots__ = ("state", "users")
 
     def __init__(self) -> None:
-        # Plain futures, one per wait: every `result()` makes a waiter, and an Event
-        # (asyncio's binds itself to the loop under a global lock, anyio's is dearer)
-        # costs several times more. One per wait, so a cancelled wait cancels no other.
-        self._futures: list[asyncio.Future[None]] = []
-        self.is_set = False
+        super().__init__()
         self.state: SagaState | None = None
         self.users = 0
-
-    def set(self) -> None:
-        self.is_set = True
-        for future in self._futures:
-            if not future.done():
-                future.set_result(None)
-        self._futures.clear()
-
-    def wait(self) -> asyncio.Future[None]:
-        future = asyncio.get_running_loop().create_future()
-        if self.is_set:
-            future.set_result(None)
-            return future
-        futures = self._futures
-        if futures and futures[-1].done():  # an abandoned wait (a timeout): drop them
-            futures[:] = [waiting for waiting in futures if not waiting.done()]
-        futures.append(future)
-        return future
 
 
 class SagaHost:

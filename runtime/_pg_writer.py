@@ -12,7 +12,6 @@ nothing for it, and learns why.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
@@ -30,6 +29,7 @@ from saga import (
 )
 
 from ._codec import encode_event, encode_state
+from ._latch import Latch
 from ._pg_schema import TERMINAL
 from ._writes import Create, Deliver, Save, new_saga_row, stored_saga
 
@@ -43,7 +43,7 @@ class PgBatch:
     deliveries: list[Deliver] = field(default_factory=list)
     releases: list[tuple[str, int]] = field(default_factory=list)
     quarantines: list[tuple[str, str, int]] = field(default_factory=list)
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    done: Latch = field(default_factory=Latch)
     failure: BaseException | None = None
 
     def reset(self) -> None:

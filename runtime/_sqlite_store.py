@@ -174,7 +174,7 @@ class SqliteStore:
         op = Create(saga, event)
         batch = self._enqueue()
         batch.creates.append(op)
-        await batch.done()
+        await batch.done.wait()
         self._check(batch)
         if op.error is not None:
             raise op.error
@@ -184,7 +184,7 @@ class SqliteStore:
         op = Save(state, event, consumed)
         batch = self._enqueue()
         batch.saves.append(op)
-        await batch.done()
+        await batch.done.wait()
         self._check(batch)
         if op.error is not None:
             raise op.error
@@ -193,7 +193,7 @@ class SqliteStore:
         op = Deliver(item)
         batch = self._enqueue()
         batch.deliveries.append(op)
-        await batch.done()
+        await batch.done.wait()
         self._check(batch)
         if op.error is not None:
             raise op.error
@@ -204,7 +204,7 @@ class SqliteStore:
         batch.statements.append(
             ("UPDATE sagas SET status='suspended', error=? WHERE saga_id=?", (reason, saga_id))
         )
-        await batch.done()
+        await batch.done.wait()
         self._check(batch)
 
     def _enqueue(self) -> Batch:
@@ -225,7 +225,7 @@ class SqliteStore:
             pending = self._batch
             if len(pending):
                 pending.failure = StoreClosedError(f"store {self.path} closed before this write")
-                pending.finish()
+                pending.done.set()
 
     async def _write_batches(self) -> None:
         while True:
@@ -238,7 +238,7 @@ class SqliteStore:
                         await self._commit(batch)
                     except Exception as exc:
                         batch.failure = exc
-                batch.finish()
+                batch.done.set()
             if self._closing and not len(self._batch):
                 return
 
@@ -277,10 +277,10 @@ class SqliteStore:
         return [HistoryEntry(seq, decode_event(saga_id, event)) for seq, event in rows]
 
     async def unfinished(self) -> Sequence[UnfinishedSaga]:
-        marks = ",".join("?" * len(_LIVE_STATUSES))
         rows = await _fetch(
             self._read_conn(),
-            f"SELECT saga_id, saga_name FROM sagas WHERE status IN ({marks}) ORDER BY created_at",
+            f"SELECT saga_id, saga_name FROM sagas WHERE status IN ({_LIVE_MARKS}) "
+            "ORDER BY created_at",
             _LIVE_STATUSES,
         )
         return [UnfinishedSaga(saga_id, saga_name) for saga_id, saga_name in rows]
@@ -307,11 +307,10 @@ class SqliteStore:
         ]
 
     async def runnable(self) -> Sequence[UnfinishedSaga]:
-        marks = ",".join("?" * len(_LIVE_STATUSES))
         rows = await _fetch(
             self._read_conn(),
             "SELECT saga_id, saga_name FROM sagas "
-            f"WHERE status IN ({marks}) "
+            f"WHERE status IN ({_LIVE_MARKS}) "
             "AND (runnable = 1 OR saga_id IN (SELECT saga_id FROM inbox))",
             _LIVE_STATUSES,
         )

@@ -10,7 +10,6 @@ milliseconds per batch.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from collections import Counter
@@ -29,11 +28,12 @@ from saga import (
 
 from ._codec import encode_event, encode_state
 from ._errors import SchemaVersionError
+from ._latch import Latch
 from ._schema import MIGRATIONS, SCHEMA_VERSION
 from ._writes import Create, Deliver, Save, new_saga_row, stored_saga
 
 _SELECT_CHUNK = 500
-_INDEXED = "status, wake_at, runnable"
+_INDEXED = "status, runnable, wake_at"
 """The columns of `sagas` a transition can change that its indexes cover."""
 _ENDED = frozenset(status.value for status in SagaStatus if status.is_terminal)
 _HINTS = 10_000
@@ -41,10 +41,8 @@ _HINTS = 10_000
 when full). The sagas in flight are the ones that gain; a hundred thousand waiting
 sagas would hold megabytes for nothing."""
 
-Indexed = tuple[str, float | None, int]
-"""A saga row's indexed columns: status, wake_at, runnable."""
 Hint = tuple[str, int, float | None, str | None]
-"""What `BatchWriter` remembers of a row: status, runnable, wake_at, waiting_for."""
+"""A row's columns besides the snapshot: its indexed ones (`_INDEXED`), then waiting_for."""
 
 _DELETE_CONSUMED = "DELETE FROM inbox WHERE id=? AND saga_id=?"
 _INSERT_NEW = (
@@ -61,10 +59,6 @@ _UPDATE_FULL = (
 )
 
 
-def _indexed(state: SagaState) -> Indexed:
-    return (state.status.value, state.wake_at, int(state.in_flight))
-
-
 def _hint(state: SagaState) -> Hint:
     return (state.status.value, int(state.in_flight), state.wake_at, state.waiting_for)
 
@@ -76,33 +70,11 @@ class Batch:
     deliveries: list[Deliver] = field(default_factory=list)
     statements: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
     failure: BaseException | None = None
-    finished: bool = False
-    # One plain future per waiting write: an anyio Event costs a few times more per
-    # wait, and every transition waits once.
-    _waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    done: Latch = field(default_factory=Latch)
+    """Set when the batch is committed or has failed (see `failure`)."""
 
     def __len__(self) -> int:
         return len(self.creates) + len(self.saves) + len(self.deliveries) + len(self.statements)
-
-    def done(self) -> asyncio.Future[None]:
-        """A future resolved when the batch is committed or has failed (see `failure`).
-
-        A plain future, awaited by the writing coroutine itself: every transition
-        waits once, and a coroutine in between costs a frame at each resumption.
-        """
-        waiter = asyncio.get_running_loop().create_future()
-        if self.finished:
-            waiter.set_result(None)
-        else:
-            self._waiters.append(waiter)
-        return waiter
-
-    def finish(self) -> None:
-        """Wake every waiter (a cancelled one has gone already)."""
-        self.finished = True
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
 
 def connect(path: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
@@ -324,9 +296,10 @@ class BatchWriter:
                     f"this write expected #{state.seq - 1}"
                 )
                 continue
-            indexed = _indexed(state)
+            hint = _hint(state)
+            indexed = hint[:3]
             stored[state.saga_id] = (state.seq, *indexed)  # a later save in this batch builds on it
-            self._remember(state.saga_id, _hint(state))
+            self._remember(state.saga_id, hint)
             snapshot = encode_state(state)
             # SQLite rewrites every index over a column an UPDATE sets, even to the same
             # value: most transitions leave those columns alone, so leave them out. A saga
@@ -357,7 +330,7 @@ class BatchWriter:
         if full:
             self._conn.executemany(
                 "UPDATE sagas SET snapshot=?, seq=?, waiting_for=?, updated_at=?, "
-                "status=?, wake_at=?, runnable=? WHERE saga_id=?",
+                "status=?, runnable=?, wake_at=? WHERE saga_id=?",
                 full,
             )
         if consumed:
