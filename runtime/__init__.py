@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from saga import (
     Continue,
     CorruptSagaError,
-    LeaseLostError,
     OnTimeout,
     PayloadError,
     SagaEndedError,
@@ -16,11 +15,11 @@ from saga import (
     SagaNotFound,
     SagaStatus,
     Sleep,
-    StaleStateError,
     StoreError,
     VirtualClock,
     WaitForSignal,
 )
+from saga.store import LeaseLostError, StaleStateError
 
 from ._delegate import DelegatingStore
 from ._errors import (

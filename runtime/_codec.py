@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import msgspec
 
-from saga import CorruptSagaError, Event, SagaState
+from saga import CorruptSagaError
+from saga.engine import Event
+from saga.store import SagaState
 
 _encoder = msgspec.json.Encoder()
 _state_decoder = msgspec.json.Decoder(SagaState)
@@ -12,7 +14,8 @@ _event_decoder = msgspec.json.Decoder(Event)
 
 
 def encode_state(state: SagaState) -> str:
-    return _encoder.encode(state).decode()
+    """The snapshot as stored: a code saga's open calls only (`SagaState.stored`)."""
+    return _encoder.encode(state.stored()).decode()
 
 
 def encode_event(event: Event) -> str:

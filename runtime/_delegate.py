@@ -11,9 +11,9 @@ from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Self
 
-from saga import (
+from saga.engine import Event
+from saga.store import (
     DueSaga,
-    Event,
     HistoryEntry,
     InboxItem,
     SagaRow,
@@ -55,8 +55,15 @@ class DelegatingStore:
     async def create(self, saga: StoredSaga, event: Event) -> StoredSaga | None:
         return await self.inner.create(saga, event)
 
-    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
-        await self.inner.save(state, event, consumed=consumed)
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
+        await self.inner.save(state, event, consumed=consumed, deliver=deliver)
 
     async def deliver(self, item: InboxItem) -> bool:
         return await self.inner.deliver(item)

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Mapping
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -22,24 +23,25 @@ from actors import (
     Supervisor,
     SupervisorNotRunningError,
 )
-from saga import (
-    Clock,
-    CorruptSagaError,
+from saga import Clock, CorruptSagaError, DefinitionError, PayloadError, Saga, SagaNotFound, engine
+from saga.engine import (
     FreshStart,
     InvalidTransitionError,
-    LeaseLostError,
-    Notice,
     Nudge,
     Nudges,
-    Saga,
     SagaActor,
     SagaActorDeps,
+    WakeUp,
+    decode_payload,
+)
+from saga.store import (
+    InboxItem,
+    LeaseLostError,
+    Notice,
+    ParentRef,
     SagaState,
     SharedStore,
     Store,
-    Suspended,
-    WakeUp,
-    transition,
 )
 
 from ._errors import RuntimeNotRunningError
@@ -102,7 +104,67 @@ class SagaHost:
             schedule_wakeup=self.timers.schedule,
             note_passivated=self.timers.note_store_wake,
             keep_warm=keep_warm,
+            start_child=self._start_child,
+            compensate_child=self._compensate_child,
         )
+        self._rng = rng
+
+    def begin(
+        self,
+        saga: Saga[Any, Any],
+        saga_id: str,
+        data: bytes,
+        decoded: Any,
+        parent: ParentRef | None = None,
+    ) -> engine.Begun:
+        """A new saga's first transition, computed (a code saga's body runs to its first call)."""
+        return engine.begin(
+            saga,
+            saga_id,
+            data,
+            decoded,
+            self._clock.now(),
+            now=self._clock.now,
+            rng=self._rng,
+            parent=parent,
+        )
+
+    async def _start_child(
+        self, saga: Saga[Any, Any], child_id: str, data: bytes, parent: ParentRef
+    ) -> None:
+        """A parent's `ctx.child`: create the child exactly once, and start it."""
+        known = self._sagas.get(saga.name)
+        if known is None or known is not saga:
+            raise DefinitionError(
+                f"child saga {saga.name!r} is not one of this runtime's sagas: "
+                "pass it in Runtime(sagas=[...]) too"
+            )
+        decoded = decode_payload(data, saga.input_type, "input of saga", saga.name)
+        begun = self.begin(saga, child_id, data, decoded, parent)
+        existing = await self._store.create(begun.stored, begun.event)
+        if existing is None:
+            if self.shared is None or self.shared.run_spawned_here:
+                await self.start(saga, child_id, begun.fresh)
+            return
+        if existing.saga_name != saga.name or existing.input != data:
+            raise PayloadError(
+                f"saga {child_id!r} exists already as another saga or with another input; "
+                "give the child call its own saga_id"
+            )
+        if existing.state.status.is_live and not self.is_live(child_id):
+            await self.activate(child_id, existing.saga_name)  # a create whose reply was lost
+
+    async def _compensate_child(self, child_id: str, reason: str) -> bool:
+        """A parent compensates its child: ask the child to roll back as a unit."""
+        item = InboxItem(
+            0, child_id, "compensate", reason, b"null", "compensate", self._clock.now()
+        )
+        try:
+            await self._store.deliver(item)
+        except SagaNotFound:
+            return False
+        await self.nudge(child_id, None, cancel=True)
+        return True
 
     def bind(self, task_group: TaskGroup) -> None:
         self._task_group = task_group
@@ -276,6 +338,11 @@ class SagaHost:
         waiter = self._waiters.get(saga_id)
         if waiter is not None:
             waiter.state = state
+        if state is not None and state.parent is not None and state.status.is_terminal:
+            # Its report is durable in the parent's inbox: have the parent read it.
+            parent = state.parent.saga_id
+            if self._task_group is not None and not self.stopping:
+                self._task_group.start_soon(self._nudge_quietly, parent, False)
 
     def arm_waiter(self, saga_id: str) -> _Waiter:
         """Register interest before checking the store, so no wake-up is missed."""
@@ -314,9 +381,7 @@ class SagaHost:
         try:
             stored = await self._store.load(saga_id)
             saga = self._sagas[stored.saga_name]
-            event = Suspended(at=self._clock.now(), reason=reason)
-            suspended = transition(saga, stored.state, event)
-            await self._store.save(suspended.state, event)
+            await engine.suspend(self._store, saga, saga_id, reason, self._clock.now())
             logger.error("saga %r suspended: %s", saga_id, reason)
         except CorruptSagaError as exc:
             await self._store.quarantine(saga_id, str(exc))

@@ -5,22 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from saga import (
-    CompensationStatus,
-    CorruptSagaError,
-    ErrorInfo,
-    HistoryEntry,
-    Saga,
-    SagaState,
-    SagaStatus,
-    StepStatus,
-)
-from saga._timeline import timeline
+from saga import CallKind, CompensationStatus, ErrorInfo, Saga, SagaStatus, StepStatus
+from saga.engine import check_fits, label, timeline
+from saga.engine import kind_of as kind
+from saga.store import HistoryEntry, SagaState
 
 
 @dataclass(frozen=True, slots=True)
 class StepInfo:
-    """One step of a saga as `Runtime.status` reports it."""
+    """One step of a saga (a code saga: one call of its body) as `Runtime.status` reports it.
+
+    `name` is the step's name (a code saga's k-th call of a name: `name#k`), `kind` what
+    it is, `group` the position of the first call of its parallel group (None: alone),
+    `child_id` a child saga's id.
+    """
 
     name: str
     status: StepStatus
@@ -30,6 +28,10 @@ class StepInfo:
     compensation_attempts: int
     compensation_error: ErrorInfo | None
     retry_at: float | None
+    kind: CallKind = CallKind.STEP
+    position: int = 0
+    group: int | None = None
+    child_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +42,9 @@ class SagaInfo:
     `attempts` its attempt count, `last_error` the newest recorded error,
     `failure` the error that started compensation, `history` every transition.
     A waiting saga shows `waiting_for` (the signal; None for a sleep) and
-    `wake_at` (when it wakes, or times out, if ever).
+    `wake_at` (when it wakes, or times out, if ever). A code saga's `steps` are
+    the calls its body made, in order; `parent_id` and `children` link child
+    sagas to their parent.
     """
 
     saga_id: str
@@ -60,6 +64,10 @@ class SagaInfo:
     updated_at: float
     history: tuple[HistoryEntry, ...]
     _definition: Saga
+    parent_id: str | None = None
+    """A child saga's parent."""
+    children: tuple[str, ...] = ()
+    """The ids of the child sagas this saga started."""
 
     def timeline(self) -> list[str]:
         """The history as readable lines, one per thing that happened."""
@@ -72,24 +80,8 @@ _ACTIVE_COMPENSATION = frozenset({CompensationStatus.RUNNING, CompensationStatus
 
 def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> SagaInfo:
     """Raises `CorruptSagaError` for a snapshot that does not fit `saga`."""
-    if len(state.steps) != len(saga.steps):
-        raise CorruptSagaError(
-            state.saga_id,
-            f"its snapshot has {len(state.steps)} steps; {saga.name!r} has {len(saga.steps)}",
-        )
-    steps = tuple(
-        StepInfo(
-            name=definition.name,
-            status=step.status,
-            attempts=step.attempts,
-            error=step.error,
-            compensation=step.compensation,
-            compensation_attempts=step.compensation_attempts,
-            compensation_error=step.compensation_error,
-            retry_at=step.retry_at if step.retry_at is not None else step.compensation_retry_at,
-        )
-        for definition, step in zip(saga.steps, state.steps, strict=True)
-    )
+    check_fits(saga, state)
+    steps = tuple(_step_info(saga, state, index) for index in range(len(state.steps)))
     current: StepInfo | None = None
     attempts = 0
     for info in steps:
@@ -98,6 +90,7 @@ def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> 
         elif info.compensation in _ACTIVE_COMPENSATION:
             current, attempts = info, info.compensation_attempts
     last_error = _last_error(history)
+    failed = state.failed_step
     return SagaInfo(
         saga_id=state.saga_id,
         saga_name=state.saga_name,
@@ -105,7 +98,7 @@ def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> 
         current_step=current.name if current else None,
         attempts=attempts,
         last_error=last_error,
-        failed_step=saga.steps[state.failed_step].name if state.failed_step is not None else None,
+        failed_step=steps[failed].name if failed is not None and failed < len(steps) else None,
         failure=state.failure,
         steps=steps,
         wake_at=state.wake_at,
@@ -116,6 +109,27 @@ def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> 
         updated_at=state.updated_at,
         history=tuple(history),
         _definition=saga,
+        parent_id=state.parent.saga_id if state.parent is not None else None,
+        children=tuple(info.child_id for info in steps if info.child_id is not None),
+    )
+
+
+def _step_info(saga: Saga, state: SagaState, index: int) -> StepInfo:
+    step = state.steps[index]
+    call = step.call
+    return StepInfo(
+        name=label(saga, state, index),
+        status=step.status,
+        attempts=step.attempts,
+        error=step.error,
+        compensation=step.compensation,
+        compensation_attempts=step.compensation_attempts,
+        compensation_error=step.compensation_error,
+        retry_at=step.retry_at if step.retry_at is not None else step.compensation_retry_at,
+        kind=call.kind if call is not None else kind(saga, state, index),
+        position=index,
+        group=call.group if call is not None else saga.group_of[index],
+        child_id=call.target if call is not None and call.kind is CallKind.CHILD else None,
     )
 
 

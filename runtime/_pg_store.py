@@ -31,19 +31,18 @@ from typing import Self, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from saga import (
+from saga import SagaNotFound, StoreError
+from saga.engine import Event
+from saga.store import (
     DueSaga,
-    Event,
     HistoryEntry,
     InboxItem,
     LeaseLostError,
     Notice,
     OwnedSaga,
-    SagaNotFound,
     SagaRow,
     SagaState,
     StoredSaga,
-    StoreError,
     UnfinishedSaga,
 )
 
@@ -116,11 +115,15 @@ _SELF_IS_LIVE = """EXISTS (
     SELECT 1 FROM runtimes me WHERE me.runtime_id = $1 AND me.lease_until > clock_timestamp())"""
 """SQL: the claiming runtime's own lease is live (one that lapsed must not take sagas)."""
 
+_ASKED_TO_COMPENSATE = """(s.status = 'completed' AND EXISTS (
+    SELECT 1 FROM inbox i WHERE i.saga_id = s.saga_id AND i.kind = 'compensate'))"""
+"""SQL: saga `s` is a completed child whose parent asked it to roll back."""
+
 _CLAIM = f"""
 UPDATE sagas s SET owner = $1,
     -- a runtime that owns it already keeps its epoch: its own actor may be writing
     epoch = CASE WHEN s.owner = $1 THEN s.epoch ELSE s.epoch + 1 END
-WHERE s.saga_id = $2 AND s.status NOT IN {TERMINAL}
+WHERE s.saga_id = $2 AND (s.status NOT IN {TERMINAL} OR {_ASKED_TO_COMPENSATE})
   AND (s.owner = $1 OR s.status = 'suspended' OR {_OWNER_IS_GONE}) AND {_SELF_IS_LIVE}
 RETURNING s.epoch
 """
@@ -134,7 +137,7 @@ WITH candidates AS (
     SELECT DISTINCT saga_id FROM inbox
 ), picked AS (
     SELECT s.saga_id FROM sagas s JOIN candidates c USING (saga_id)
-    WHERE s.status IN {LIVE} AND {_OWNER_IS_GONE} AND {_SELF_IS_LIVE}
+    WHERE (s.status IN {LIVE} OR {_ASKED_TO_COMPENSATE}) AND {_OWNER_IS_GONE} AND {_SELF_IS_LIVE}
       AND ($4::text[] IS NULL OR s.saga_name = ANY($4))
     LIMIT $3
     FOR UPDATE OF s SKIP LOCKED
@@ -513,14 +516,21 @@ class PostgresStore:
             self._epochs[saga.saga_id] = 1
         return op.existing
 
-    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
         self._open_pool()
         epoch = self._epochs.get(state.saga_id)
         if epoch is None:
             if not await self._fetch("SELECT 1 FROM sagas WHERE saga_id = $1", state.saga_id):
                 raise SagaNotFound(state.saga_id)
             raise LeaseLostError(f"saga {state.saga_id!r} is not held by this runtime")
-        op = Save(state, event, consumed, epoch)
+        op = Save(state, event, consumed, epoch, deliver=deliver)
         batch = self._enqueue()
         batch.saves.append(op)
         await self._wait(batch)

@@ -18,15 +18,8 @@ from dataclasses import dataclass, field
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from saga import (
-    CorruptSagaError,
-    LeaseLostError,
-    SagaEndedError,
-    SagaNotFound,
-    SagaStatus,
-    StaleStateError,
-    StoreError,
-)
+from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus, StoreError
+from saga.store import LeaseLostError, StaleStateError
 
 from ._codec import encode_event, encode_state
 from ._latch import Latch
@@ -108,8 +101,10 @@ WITH v AS (
     SELECT v.saga_id, v.seq, v.at, v.event FROM v JOIN upd USING (saga_id)
 ), applied AS (
     -- the item this transition applied; and every item of a saga that just ended
+    -- (but a parent's request that a completed child roll back)
     DELETE FROM inbox i USING v JOIN upd USING (saga_id)
-    WHERE i.saga_id = v.saga_id AND (i.id = v.consumed OR v.status IN {TERMINAL})
+    WHERE i.saga_id = v.saga_id AND (i.id = v.consumed OR (v.status IN {TERMINAL}
+          AND NOT (v.status = 'completed' AND i.kind = 'compensate')))
 )
 SELECT saga_id FROM upd
 """
@@ -119,7 +114,8 @@ WITH s AS (
     SELECT saga_id, status, owner FROM sagas WHERE saga_id = $2
 ), ins AS (
     INSERT INTO inbox (saga_id, kind, name, payload, key, at)
-    SELECT $2, $3, $4, $5, $6, $7 FROM s WHERE s.status NOT IN {TERMINAL}
+    SELECT $2, $3, $4, $5, $6, $7 FROM s
+    WHERE s.status NOT IN {TERMINAL} OR ($3 = 'compensate' AND s.status = 'completed')
     ON CONFLICT (saga_id, kind, key) WHERE key IS NOT NULL DO NOTHING
     RETURNING id
 ), told AS (
@@ -172,6 +168,7 @@ async def commit_batch(
                 await conn.execute("SELECT pg_notify($1, 'sweep')", f"{channel_prefix}_all")
         if batch.saves:
             await _save(conn, batch.saves, runtime_id)
+            await _report(conn, batch.saves, runtime_id, channel_prefix)
         for op in batch.deliveries:
             await _deliver(conn, op, runtime_id, channel_prefix)
         if batch.releases:
@@ -302,7 +299,43 @@ async def _deliver(conn: Connection, op: Deliver, runtime_id: str, channel_prefi
     )
     if row is None:
         op.error = SagaNotFound(item.saga_id)
-    elif SagaStatus(row["status"]).is_terminal:
+    elif SagaStatus(row["status"]).is_terminal and not (
+        item.kind == "compensate" and row["status"] == SagaStatus.COMPLETED
+    ):
         op.error = SagaEndedError(item.saga_id, row["status"])
     else:
         op.accepted = row["accepted"] == 1
+
+
+_REPORT = f"""
+WITH s AS (
+    SELECT saga_id, owner FROM sagas WHERE saga_id = $2 AND status NOT IN {TERMINAL}
+), ins AS (
+    INSERT INTO inbox (saga_id, kind, name, payload, key, at)
+    SELECT $2, $3, $4, $5, $6, $7 FROM s
+    ON CONFLICT (saga_id, kind, key) WHERE key IS NOT NULL DO NOTHING
+    RETURNING id
+)
+SELECT pg_notify($8 || '_' || s.owner, 'n:' || s.saga_id) FROM s
+WHERE s.owner IS NOT NULL AND s.owner <> $1 AND EXISTS (SELECT 1 FROM ins)
+"""
+
+
+async def _report(conn: Connection, saves: list[Save], runtime_id: str, channel: str) -> None:
+    """The inbox items the written saves carry for other sagas (a child's report to its
+    parent), unless that saga has ended; its owner is told when this commits."""
+    for op in saves:
+        item = op.deliver
+        if item is None or op.error is not None:
+            continue
+        await conn.execute(
+            _REPORT,
+            runtime_id,
+            item.saga_id,
+            item.kind,
+            item.name,
+            item.payload.decode(),
+            item.key,
+            item.at,
+            channel,
+        )

@@ -7,6 +7,7 @@ async with Runtime("orders.db", sagas=[checkout]) as rt:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -22,24 +23,16 @@ from actors import RestartWithBackoff
 from saga import (
     Clock,
     CompensationStatus,
-    FreshStart,
-    InboxItem,
-    Resumed,
+    CorruptSagaError,
     Saga,
     SagaEndedError,
-    SagaStarted,
-    SagaState,
     SagaStatus,
-    StaleStateError,
-    Store,
-    StoredSaga,
     StoreError,
     SystemClock,
-    decode_payload,
-    encode_payload,
-    initial_state,
-    transition,
+    engine,
 )
+from saga.engine import decode_payload, encode_payload
+from saga.store import InboxItem, SagaState, StaleStateError, Store
 
 from ._errors import (
     DuplicateSagaError,
@@ -245,10 +238,8 @@ class Runtime:
         _check_text(saga_id, "saga_id")
         data = encode_payload(input, "input of saga", definition.name)
         decoded = decode_payload(data, definition.input_type, "input of saga", definition.name)
-        started = SagaStarted(at=self._clock.now())
-        first = transition(definition, initial_state(definition, saga_id), started)
-        stored = StoredSaga(saga_id, definition.name, data, first.state)
-        existing = await self._store.create(stored, started)
+        begun = self._host.begin(definition, saga_id, data, decoded)
+        existing = await self._store.create(begun.stored, begun.event)
         if existing is not None:
             if existing.saga_name != definition.name:
                 raise DuplicateSagaError(saga_id, f"as a {existing.saga_name!r} saga")
@@ -261,7 +252,7 @@ class Runtime:
             return SagaHandle(self, saga_id)
         shared = self._host.shared
         if shared is None or shared.run_spawned_here:
-            await self._host.start(definition, saga_id, FreshStart(first, data, decoded=decoded))
+            await self._host.start(definition, saga_id, begun.fresh)
         # Else it is durable and nobody's: whichever runtime claims it first runs it.
         return SagaHandle(self, saga_id)
 
@@ -278,7 +269,16 @@ class Runtime:
         """
         stored = await self._store.load(saga_id)
         history = await self._store.history(saga_id)
-        return saga_info(self._definition(stored.saga_name), stored.state, history)
+        definition = self._definition(stored.saga_name)
+        state = stored.state
+        if state.partial:  # a code saga: its calls come back from its history
+            state = engine.fold(definition, saga_id, history)
+            if state.seq != stored.state.seq:
+                raise CorruptSagaError(
+                    saga_id,
+                    f"its history leads to #{state.seq}, its snapshot is #{stored.state.seq}",
+                )
+        return saga_info(definition, state, history)
 
     async def resume(self, saga_id: str) -> None:
         """Resume a suspended saga where it stopped (an operator's call).
@@ -297,10 +297,9 @@ class Runtime:
                     f"saga {saga_id!r} is {stored.state.status}, not suspended; nothing to resume"
                 )
             definition = self._definition(stored.saga_name)
-            event = Resumed(at=self._clock.now())
-            resumed = transition(definition, stored.state, event)
+            stored = await engine.restore(self._store, definition, saga_id)
             try:
-                await self._store.save(resumed.state, event)
+                fresh = await engine.resume(self._store, definition, stored, self._clock.now())
             except StaleStateError as exc:
                 raise SagaSuspendedError(
                     f"saga {saga_id!r} was resumed by another caller meanwhile"
@@ -308,11 +307,13 @@ class Runtime:
             except StoreError:
                 # Did it commit anyway (a lost acknowledgement)? Then carry on.
                 now = await self._store.load(saga_id)
-                if now.state.seq != resumed.state.seq or now.state.status is SagaStatus.SUSPENDED:
+                if (
+                    now.state.seq != stored.state.seq + 1
+                    or now.state.status is SagaStatus.SUSPENDED
+                ):
                     raise
-            await self._host.start(
-                definition, saga_id, FreshStart(resumed, stored.input, resumed=True)
-            )
+                fresh = None  # the actor reloads it
+            await self._host.start(definition, saga_id, fresh)
         except BaseException:
             if shared is not None and not self._host.is_live(saga_id):
                 shared.release(saga_id)  # claimed above, but this runtime does not drive it
@@ -342,7 +343,7 @@ class Runtime:
         definition = self._definition(stored.saga_name)
         if stored.state.status.is_terminal:
             raise SagaEndedError(saga_id, stored.state.status)
-        if name not in definition.signals:
+        if definition.signals_declared and name not in definition.signals:
             raise UnknownSignalError(
                 f"no step of saga {definition.name!r} waits for signal {name!r} "
                 f"(it waits for: {', '.join(sorted(definition.signals)) or 'none'})"
@@ -352,7 +353,8 @@ class Runtime:
             _check_text(idempotency_key, "idempotency_key")
         what = f"payload of signal {name!r}"
         data = encode_payload(payload, what)
-        decode_payload(data, definition.signals[name], what)
+        if name in definition.signals:  # a code saga that declares none checks it when it waits
+            decode_payload(data, definition.signals[name], what)
         item = InboxItem(0, saga_id, "signal", name, data, idempotency_key, self._clock.now())
         accepted = await self._store.deliver(item)
         await self._host.nudge(saga_id, stored.saga_name, cancel=False)
@@ -432,7 +434,7 @@ class Runtime:
                     # Not in memory: the store says how it stands.
                     stored = await self._store.load(saga_id)
                     if stored.state.status.is_terminal:
-                        return self._outcome(stored.state)
+                        return await self._outcome(stored.state)
                 if self._host.shared is not None and not self._host.is_live(saga_id):
                     # Another runtime may be driving it: look again every poll interval.
                     final = None
@@ -443,26 +445,45 @@ class Runtime:
             finally:
                 self._host.disarm_waiter(saga_id, waiter)
             if final is not None and final.status.is_terminal:
-                return self._outcome(final)
+                return await self._outcome(final)
 
-    def _outcome(self, state: SagaState) -> Output:
+    async def _outcome(self, state: SagaState) -> Output:
         definition = self._sagas.get(state.saga_name)
         if definition is None:
             raise UnknownSagaError(f"saga {state.saga_name!r} is not one of this runtime's sagas")
-        if state.status is SagaStatus.COMPLETED:
-            return {
-                step.name: decode_payload(
-                    bytes(recorded.result), step.result_type, "result of step", step.name
-                )
-                for step, recorded in zip(definition.steps, state.steps, strict=True)
-            }
-        names = [step.name for step in definition.steps]
-        cause_step = names[state.failed_step] if state.failed_step is not None else None
-        if state.status is SagaStatus.COMPENSATED:
-            raise SagaCompensated(state.saga_id, cause_step, state.failure)
-        for index, step in enumerate(state.steps):
-            if step.compensation is CompensationStatus.FAILED:
-                raise SagaFailed(
-                    state.saga_id, names[index], step.compensation_error, cause_step, state.failure
-                )
-        raise SagaFailed(state.saga_id, None, None, cause_step, state.failure)
+        if state.partial and state.status is not SagaStatus.COMPLETED:
+            # A code saga's stored form: its failed calls are in its history.
+            state = (await engine.restore(self._store, definition, state.saga_id)).state
+        output: Output = saga_outcome(definition, state)
+        return output
+
+
+def saga_outcome(definition: Saga[Any, Any], state: SagaState) -> Any:
+    """The output of an ended saga, or the `SagaCompensated` / `SagaFailed` it ended with.
+
+    `state` must be complete, except that a completed code saga's stored form will do.
+    """
+    if state.status is SagaStatus.COMPLETED:
+        if definition.body is not None:
+            return decode_payload(
+                bytes(state.output),
+                definition.output_type,
+                "output of saga",
+                definition.name,
+            )
+        return {
+            step.name: decode_payload(
+                bytes(recorded.result), step.result_type, "result of step", step.name
+            )
+            for step, recorded in zip(definition.steps, state.steps, strict=True)
+        }
+    label = functools.partial(engine.label, definition, state)
+    cause_step = label(state.failed_step) if state.failed_step is not None else None
+    if state.status is SagaStatus.COMPENSATED:
+        raise SagaCompensated(state.saga_id, cause_step, state.failure)
+    for index, step in enumerate(state.steps):
+        if step.compensation is CompensationStatus.FAILED:
+            raise SagaFailed(
+                state.saga_id, label(index), step.compensation_error, cause_step, state.failure
+            )
+    raise SagaFailed(state.saga_id, None, None, cause_step, state.failure)

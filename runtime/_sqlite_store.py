@@ -22,17 +22,15 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskGroup
 
-from saga import (
+from saga import SagaNotFound, SagaStatus, StoreError
+from saga.engine import Event
+from saga.store import (
     DueSaga,
-    Event,
     HistoryEntry,
     InboxItem,
-    SagaNotFound,
     SagaRow,
     SagaState,
-    SagaStatus,
     StoredSaga,
-    StoreError,
     UnfinishedSaga,
 )
 
@@ -180,8 +178,15 @@ class SqliteStore:
             raise op.error
         return op.existing
 
-    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
-        op = Save(state, event, consumed)
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
+        op = Save(state, event, consumed, deliver=deliver)
         batch = self._enqueue()
         batch.saves.append(op)
         await batch.done.wait()

@@ -16,15 +16,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saga import (
-    CorruptSagaError,
-    SagaEndedError,
-    SagaNotFound,
-    SagaState,
-    SagaStatus,
-    StaleStateError,
-    StoredSaga,
-)
+from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus
+from saga.store import SagaState, StaleStateError, StoredSaga
 
 from ._codec import encode_event, encode_state
 from ._errors import SchemaVersionError
@@ -56,6 +49,13 @@ _UPDATE_SNAPSHOT = (
 _UPDATE_FULL = (
     "UPDATE sagas SET snapshot=?, seq=?, waiting_for=?, updated_at=?, "
     "status=?, wake_at=?, runnable=? WHERE saga_id=? AND seq=?"
+)
+
+
+_REPORT = (
+    "INSERT OR IGNORE INTO inbox(saga_id, kind, name, payload, key, at) "
+    "SELECT ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM sagas WHERE saga_id = ? "
+    "AND status IN ('running', 'waiting', 'compensating', 'suspended'))"
 )
 
 
@@ -135,8 +135,10 @@ class BatchWriter:
             history: list[tuple[object, ...]] = []
             if batch.creates and not self._insert_unchecked(batch.creates, history):
                 self._insert_new(batch.creates, history)
-            if batch.saves and not self._update_guarded(batch.saves, history):
-                self._update(batch.saves, history)
+            if batch.saves:
+                if not self._update_guarded(batch.saves, history):
+                    self._update(batch.saves, history)
+                self._report(batch.saves)
             if batch.deliveries:
                 self._deliver(batch.deliveries)
             for statement, params in batch.statements:
@@ -336,6 +338,25 @@ class BatchWriter:
         if consumed:
             self._conn.executemany(_DELETE_CONSUMED, consumed)
 
+    def _report(self, saves: list[Save]) -> None:
+        """The inbox items the saves written carry for other sagas (a child's report to its
+        parent), unless that saga has ended."""
+        items = [
+            (
+                item.saga_id,
+                item.kind,
+                item.name,
+                item.payload.decode(),
+                item.key,
+                item.at,
+                item.saga_id,
+            )
+            for op in saves
+            if op.error is None and (item := op.deliver) is not None
+        ]
+        if items:
+            self._conn.executemany(_REPORT, items)
+
     def _deliver(self, deliveries: list[Deliver]) -> None:
         statuses = {
             row[0]: row[1]
@@ -348,7 +369,7 @@ class BatchWriter:
             status = statuses.get(item.saga_id)
             if status is None:
                 op.error = SagaNotFound(item.saga_id)
-            elif status in _ENDED:
+            elif status in _ENDED and not (item.kind == "compensate" and status == "completed"):
                 op.error = SagaEndedError(item.saga_id, str(status))
             else:
                 cursor = self._conn.execute(

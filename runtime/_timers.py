@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 
-from saga import Clock, DueSaga, Store
+from saga import Clock
+from saga.store import DueSaga, Store
 
 logger = logging.getLogger("runtime")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import msgspec
 
-from saga import CorruptSagaError, Event, InboxItem, SagaState, StoredSaga
+from saga import CorruptSagaError
+from saga.engine import Event
+from saga.store import InboxItem, SagaState, StoredSaga
 
 from ._codec import decode_state, encode_state
 
@@ -29,6 +31,8 @@ class Save(msgspec.Struct, eq=False):
     epoch: int = 0
     """The epoch the writer holds (shared stores fence on it)."""
     error: Exception | None = None
+    deliver: InboxItem | None = None
+    """An inbox item for another saga, written with this transition (a child's report)."""
 
 
 class Deliver(msgspec.Struct, eq=False):

@@ -1,151 +1,71 @@
-"""The saga domain: definitions, the pure state machine, the saga actor, the `Store` protocol.
+"""Sagaloop's saga layer: everything a saga author imports.
 
-from saga import Saga, Step, RetryPolicy, StepContext, NonRetryableError
+    from saga import Saga, Step, Parallel, RetryPolicy, StepContext, SagaContext
+
+Definitions (a list of steps, or an async body), the contexts actions and
+bodies receive, policies, waits, statuses and errors. The engine that runs
+sagas (events, the state machine, the actor) is in `saga.engine`; what a
+store implements is in `saga.store`. Neither is needed to write a saga.
 """
 
-from ._actor import (
-    FreshStart,
-    GetState,
-    Nudge,
-    Nudges,
-    SagaActor,
-    SagaActorDeps,
-    SagaMessage,
-    WakeUp,
-)
+from ._calls import CallKind
 from ._clock import Clock, SystemClock, VirtualClock
-from ._commands import Command, Finish, RunCompensation, RunStep, ScheduleWakeup
 from ._context import StepContext
-from ._definition import Action, Compensation, Saga, Step
+from ._definition import Action, Compensation, Parallel, Saga, Step
+from ._errorinfo import ErrorInfo, FailureKind
 from ._errors import (
     CorruptSagaError,
     DefinitionError,
-    InvalidTransitionError,
-    LeaseLostError,
+    NonDeterminismError,
     NonRetryableError,
     PayloadError,
     SagaEndedError,
     SagaError,
     SagaNotFound,
-    StaleStateError,
+    StepFailedError,
     StoreError,
 )
-from ._events import (
-    CancelRequested,
-    CompensationFailed,
-    CompensationSucceeded,
-    Event,
-    Recovered,
-    Resumed,
-    SagaStarted,
-    SignalReceived,
-    StepFailed,
-    StepSucceeded,
-    StepWaiting,
-    Suspended,
-    TimerFired,
-)
-from ._machine import Transition, initial_state, start, transition
-from ._model import (
-    CompensationStatus,
-    ErrorInfo,
-    FailureKind,
-    SagaState,
-    SagaStatus,
-    Signal,
-    StepState,
-    StepStatus,
-)
-from ._payload import decode_payload, encode_payload
+from ._model import CompensationStatus, SagaStatus, StepStatus
 from ._policy import RetryPolicy
-from ._store import (
-    DueSaga,
-    HistoryEntry,
-    InboxItem,
-    Notice,
-    OwnedSaga,
-    SagaRow,
-    SharedStore,
-    Store,
-    StoredSaga,
-    UnfinishedSaga,
-)
+from ._saga_context import SagaContext
 from ._wait_steps import Sleep, WaitForSignal
 from ._waits import Continue, OnTimeout
 
 __all__ = (
-    "VirtualClock",
-    "Nudge",
-    "Nudges",
-    "WakeUp",
-    "WaitForSignal",
-    "StepWaiting",
-    "Sleep",
-    "SignalReceived",
-    "Signal",
-    "SagaRow",
-    "SagaEndedError",
-    "OnTimeout",
-    "InboxItem",
-    "DueSaga",
-    "Continue",
-    "CancelRequested",
-    "Action",
-    "Clock",
-    "Command",
-    "Compensation",
-    "CompensationFailed",
-    "CompensationStatus",
-    "CompensationSucceeded",
-    "CorruptSagaError",
-    "DefinitionError",
-    "ErrorInfo",
-    "Event",
-    "FailureKind",
-    "Finish",
-    "FreshStart",
-    "GetState",
-    "HistoryEntry",
-    "InvalidTransitionError",
-    "NonRetryableError",
-    "PayloadError",
-    "Recovered",
-    "Resumed",
-    "RetryPolicy",
-    "RunCompensation",
-    "RunStep",
+    # definitions
     "Saga",
-    "SagaActor",
-    "SagaActorDeps",
-    "SagaError",
-    "SagaMessage",
-    "SagaNotFound",
-    "SagaStarted",
-    "SagaState",
-    "SagaStatus",
-    "ScheduleWakeup",
-    "StaleStateError",
-    "LeaseLostError",
-    "Notice",
-    "OwnedSaga",
-    "SharedStore",
     "Step",
+    "Parallel",
+    "Sleep",
+    "WaitForSignal",
+    "Continue",
+    "OnTimeout",
+    "RetryPolicy",
+    "Action",
+    "Compensation",
+    # what actions and bodies receive
     "StepContext",
-    "StepFailed",
-    "StepState",
-    "StepStatus",
-    "StepSucceeded",
-    "Store",
-    "StoreError",
-    "StoredSaga",
-    "Suspended",
+    "SagaContext",
+    # time
+    "Clock",
     "SystemClock",
-    "TimerFired",
-    "Transition",
-    "UnfinishedSaga",
-    "decode_payload",
-    "encode_payload",
-    "initial_state",
-    "start",
-    "transition",
+    "VirtualClock",
+    # what a saga's state says
+    "SagaStatus",
+    "StepStatus",
+    "CompensationStatus",
+    "CallKind",
+    "ErrorInfo",
+    "FailureKind",
+    # errors
+    "SagaError",
+    "NonRetryableError",
+    "StepFailedError",
+    "NonDeterminismError",
+    "DefinitionError",
+    "PayloadError",
+    "SagaNotFound",
+    "SagaEndedError",
+    "CorruptSagaError",
+    "StoreError",
 )

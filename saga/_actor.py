@@ -1,13 +1,19 @@
 """`SagaActor`: drives one saga instance through the state machine.
 
-For each event it computes the transition, waits until the new snapshot is
-durable, and only then carries out the commands. Steps run inline: their
-outcome is the next event, with no message round trip. Signals and
-cancellations arrive durably in the saga's inbox; the runtime nudges the
-actor (`Nudges`), which applies them in order, each in the same
-transaction that removes it from the inbox. A cancellation also interrupts
-a running forward step (the actor starts again from its snapshot, so the
-step counts as interrupted: ambiguous); compensations are never interrupted.
+For each event it has the driver (`_driver.commit`) compute the transition
+and make it durable, and only then carries out the commands. Steps run
+inline: their outcome is the next event, with no message round trip; the
+positions of a parallel group run concurrently, each outcome applied as it
+comes. Signals, cancellations and a child's report arrive durably in the
+saga's inbox; the runtime nudges the actor (`Nudges`), which applies them in
+order, each in the same transaction that removes it from the inbox. A
+cancellation also interrupts a running forward step (the actor starts again
+from its snapshot, so the step counts as interrupted: ambiguous);
+compensations are never interrupted.
+
+A code saga's body runs in the actor too, stepped by hand (`_body`): from
+the top on every (re)start, against its recorded calls; a body that diverges
+from them suspends the saga before anything runs.
 
 When the saga has nothing to do but wait, the actor either stays (the wait
 is short: a retry backoff) with a wake-up in the runtime's timer service,
@@ -19,114 +25,49 @@ applies `Recovered`.
 from __future__ import annotations
 
 import logging
-import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import anyio
 import msgspec
 
 from actors import Actor
 
-from ._clock import Clock
+from . import _driver as driver
+from ._body import BodyRun, PendingCall, decode_args
+from ._calls import CallKind
 from ._commands import Command, Finish, RunCompensation, RunStep
 from ._context import StepContext
-from ._definition import Saga
-from ._errors import CorruptSagaError, LeaseLostError
+from ._definition import Saga, Step
+from ._errorinfo import ErrorInfo
+from ._errors import CorruptSagaError, LeaseLostError, SagaError, StoreError
 from ._events import (
     CancelRequested,
+    ChildEnded,
+    CompensateRequested,
+    CompensationSucceeded,
+    CompensationWaiting,
     Event,
     Recovered,
-    Resumed,
     SignalReceived,
     StepFailed,
     StepWaiting,
+    Suspended,
     TimerFired,
 )
-from ._machine import Transition, transition
-from ._model import FailureKind, SagaState, SagaStatus, StepStatus
-from ._payload import decode_payload
+from ._hosting import FreshStart, Nudge, Nudges, SagaActorDeps, SagaMessage, WakeUp
+from ._model import FailureKind, ParentRef, SagaState, SagaStatus, StepStatus
+from ._payload import decode_payload, encode_payload
 from ._step_runner import attempt_compensation, attempt_step, error_info, wait_deadline
-from ._store import InboxItem, Store
+from ._store import InboxItem
 
 logger = logging.getLogger("saga")
 
-_NOT_FRESH = (Recovered, Resumed)
-"""Events after which a step's intent may already have run (see `_carry_out`)."""
+_child_report = msgspec.json.Decoder(driver.ChildReport)
+_error_of = msgspec.json.Decoder(ErrorInfo | None)
 
-
-@dataclass(frozen=True, slots=True)
-class SagaActorDeps:
-    """What a saga actor needs from the runtime that hosts it."""
-
-    store: Store
-    clock: Clock
-    rng: random.Random
-    max_recoveries: int
-    on_stopped: Callable[[str, SagaState | None], Awaitable[None]]
-    """Called when the actor stops driving a saga: with its final state, or None."""
-    schedule_wakeup: Callable[[str, float], None]
-    """Ask the runtime's timer service to wake this (live) actor at a time."""
-    note_passivated: Callable[[float], None]
-    """Tell the timer service a passivated saga needs waking at a time."""
-    keep_warm: float = 1.0
-    """Waits shorter than this keep the actor in memory; longer ones passivate it."""
-
-
-class Nudges:
-    """Shared by the runtime and one saga's actor: work that arrived out of band.
-
-    `in_step` is True while a forward step's action runs: a cancellation
-    then interrupts the actor (`ActorRef.interrupt`), which starts again
-    from its snapshot and applies the cancellation before anything else.
-    """
-
-    __slots__ = ("cancel", "in_step", "inbox")
-
-    def __init__(self) -> None:
-        self.inbox = False
-        self.cancel = False
-        self.in_step = False
-
-    def notify(self, *, cancel: bool = False) -> bool:
-        """New inbox items are durable; True if the actor must be interrupted."""
-        self.inbox = True
-        if cancel:
-            self.cancel = True
-        return cancel and self.in_step
-
-
-@dataclass(frozen=True, slots=True)
-class WakeUp:
-    """A wake-up the saga asked for is due."""
-
-
-@dataclass(frozen=True, slots=True)
-class Nudge:
-    """New work is in `Nudges`: look at it."""
-
-
-@dataclass(frozen=True, slots=True)
-class GetState:
-    """Ask a saga actor for its current (durable) snapshot."""
-
-
-SagaMessage = WakeUp | Nudge | GetState
-
-
-_UNDECODED: Any = object()
-
-
-class FreshStart(msgspec.Struct, frozen=True):
-    """A saga whose latest transition is durable and in hand (spawned or resumed)."""
-
-    transition: Transition
-    input: bytes
-    resumed: bool = False
-    """Resumed by an operator: its in-flight step may have run; its inbox may hold items."""
-    decoded: Any = _UNDECODED
-    """`input` decoded already (by a spawn, which checks it), or `_UNDECODED`."""
+_Run = RunStep | RunCompensation
 
 
 class SagaActor(Actor[SagaMessage]):
@@ -136,7 +77,7 @@ class SagaActor(Actor[SagaMessage]):
 
     def __init__(
         self,
-        saga: Saga,
+        saga: Saga[Any, Any],
         saga_id: str,
         deps: SagaActorDeps,
         fresh: FreshStart | None,
@@ -151,10 +92,12 @@ class SagaActor(Actor[SagaMessage]):
         self._nudges = nudges
         self._wake = wake
         self._state: SagaState | None = None
+        self._run: BodyRun | None = None
         self._input: Any = None
         self._results: dict[int, Any] = {}
-        self._not_started: int | None = None
+        self._not_started: list[int] = []
         self._check_inbox = False
+        self._dropped = False
 
     @property
     def state(self) -> SagaState:
@@ -165,37 +108,33 @@ class SagaActor(Actor[SagaMessage]):
         fresh, self._fresh = self._fresh, None  # a restart must reload the snapshot
         if fresh is not None:
             self._state = fresh.transition.state
-            self._input = (
-                self._decode_input(fresh.input) if fresh.decoded is _UNDECODED else fresh.decoded
-            )
+            self._input = fresh.decoded if fresh.has_decoded else self._decode_input(fresh.input)
+            self._run = fresh.run
+            if not await self._replay():
+                return
             if fresh.resumed:
                 # A cancellation waiting in the inbox keeps the in-flight step from running again.
                 await self._look_at_inbox()
-            first = await self._carry_out(fresh.transition.commands, not fresh.resumed)
-            await self._drive(first)
+            await self._carry_out(fresh.transition.commands)
+            await self._drive(None)
         else:
             try:
-                stored = await self._deps.store.load(self._saga_id)
-                if len(stored.state.steps) != len(self._saga.steps):
-                    raise CorruptSagaError(
-                        self._saga_id,
-                        f"its snapshot has {len(stored.state.steps)} steps; the definition "
-                        f"{self._saga.name!r} has {len(self._saga.steps)}",
-                    )
+                stored = await driver.restore(self._deps.store, self._saga, self._saga_id)
+                self._state = stored.state
+                self._input = self._decode_input(stored.input)
             except CorruptSagaError as exc:
                 # Park it for an operator; retrying cannot fix the bytes.
                 await self._deps.store.quarantine(self._saga_id, str(exc))
-                self.stop()
-                await self._deps.on_stopped(self._saga_id, None)
+                await self._stop(None)
                 return
-            self._state = stored.state
-            self._input = self._decode_input(stored.input)
+            if not await self._replay():
+                return
             await self._look_at_inbox()  # whatever arrived while it was away
             if self._nudges.cancel:
                 # Interrupted for a cancellation, or one was left unapplied by a runtime
                 # that stopped: apply the inbox first, so the interrupted step is not run
                 # again and the interruption does not count as a recovery.
-                self._nudges.cancel = True
+                self._not_started = []
                 await self._drive(None)
             if not self._stop_requested:
                 now = self._deps.clock.now()
@@ -204,11 +143,37 @@ class SagaActor(Actor[SagaMessage]):
                 await self._drive(TimerFired(at=self._deps.clock.now()))
         await self._settle()
 
+    async def on_stop(self) -> None:
+        if self._run is not None:
+            self._run.close()
+
+    async def _replay(self) -> bool:
+        """A code saga's body, run from the top against its recorded calls: False (and the
+        saga suspended) if it no longer makes them."""
+        if self._saga.body is None or self._run is not None:
+            return True
+        run = BodyRun(
+            self._saga,
+            self._saga_id,
+            self._input,
+            self.state,
+            now=self._deps.clock.now,
+            rng=self._deps.rng,
+        )
+        self._run = run
+        run.start()
+        if run.diverged is None or not self.state.status.is_live:
+            return True  # an ended saga runs nothing more unless a parent reopens it
+        logger.error("saga %r suspended: %s", self._saga_id, run.diverged)
+        await self._apply(Suspended(at=self._deps.clock.now(), reason=str(run.diverged)))
+        await self._stop(None)
+        return False
+
     async def _look_at_inbox(self) -> None:
         """On (re)activation: drain the inbox if it holds anything; note a cancellation."""
         items = await self._deps.store.inbox(self._saga_id)
         self._check_inbox = bool(items)
-        if any(item.kind == "cancel" for item in items):
+        if any(item.kind in ("cancel", "compensate") for item in items):
             self._nudges.cancel = True
 
     async def receive(self, message: SagaMessage) -> object:
@@ -219,12 +184,22 @@ class SagaActor(Actor[SagaMessage]):
             case Nudge():
                 await self._drive(None)
                 await self._settle()
-            case GetState():
-                return self._state
         return None
 
     def _decode_input(self, data: bytes) -> Any:
         return decode_payload(data, self._saga.input_type, "input of saga", self._saga_id)
+
+    async def _apply(self, event: Event, consumed: int | None = None) -> Sequence[Command]:
+        """One transition through the driver, durable before its commands are returned."""
+        try:
+            outcome = await driver.commit(
+                self._deps.store, self._saga, self.state, event, self._run, consumed=consumed
+            )
+        except LeaseLostError as exc:
+            await self._drop(exc)
+            return ()
+        self._state = outcome.state
+        return outcome.commands
 
     async def _drive(self, first: Event | None) -> None:
         """Apply events (and then the inbox) until the saga waits or ends.
@@ -234,7 +209,7 @@ class SagaActor(Actor[SagaMessage]):
         queue: deque[tuple[Event, int | None]] = deque()
         if first is not None:
             queue.append((first, None))
-        while True:
+        while not self._dropped:
             if not queue:
                 if self.state.status is SagaStatus.SUSPENDED:
                     return
@@ -246,58 +221,89 @@ class SagaActor(Actor[SagaMessage]):
                 if not queue:
                     return
             event, consumed = queue.popleft()
-            old = self.state
-            new, commands = transition(self._saga, old, event)
-            if new is not old:
-                try:
-                    await self._deps.store.save(new, event, consumed=consumed)
-                except LeaseLostError as exc:
-                    await self._drop(exc)
-                    return
-                self._state = new
-            fresh_intent = not isinstance(event, _NOT_FRESH)
-            outcome = await self._carry_out(commands, fresh_intent)
-            if outcome is not None:
-                queue.appendleft((outcome, None))
+            await self._carry_out(await self._apply(event, consumed))
 
     async def _drop(self, lost: LeaseLostError) -> None:
         """Another runtime owns the saga now (a shared store fenced this one off): let go."""
         logger.warning("saga %r dropped by this runtime: %s", self._saga_id, lost)
-        self.stop()
-        await self._deps.on_stopped(self._saga_id, None)
+        self._dropped = True
+        await self._stop(None)
+
+    async def _stop(self, state: SagaState | None) -> None:
+        if not self._stop_requested:
+            self.stop()
+            await self._deps.on_stopped(self._saga_id, state)
 
     def _inbox_event(self, item: InboxItem) -> Event:
         now = self._deps.clock.now()
-        if item.kind == "cancel":
+        if item.kind in ("cancel", "compensate"):
             self._nudges.cancel = False
-            not_started, self._not_started = self._not_started, None
-            return CancelRequested(at=now, reason=item.name, not_started=not_started)
+            skipped = tuple(self._not_started)
+            self._not_started = []
+            not_started = skipped[0] if len(skipped) == 1 else (skipped or None)
+            if item.kind == "cancel":
+                return CancelRequested(at=now, reason=item.name, not_started=not_started)
+            return CompensateRequested(at=now, reason=item.name, not_started=not_started)
+        if item.kind == "child":
+            report = _child_report.decode(item.payload)
+            error = None if report.error is None else msgspec.convert(report.error, ErrorInfo)
+            return ChildEnded(
+                at=now,
+                step=report.step,
+                child=item.name,
+                status=SagaStatus(report.status),
+                result=report.result,
+                error=error,
+            )
         payload = msgspec.Raw(item.payload)
         return SignalReceived(at=now, name=item.name, payload=payload, key=item.key)
 
-    async def _carry_out(self, commands: Sequence[Command], fresh_intent: bool) -> Event | None:
-        """Carry out `commands`; the outcome of a step or compensation is the next event.
-
-        `fresh_intent`: a `RunStep` among them was decided just now, so its
-        action has certainly not run yet (after a recovery it may have).
-        """
-        outcome: Event | None = None
-        for command in commands:
-            match command:
-                case RunStep(step, attempt):
-                    if self._nudges.cancel:
-                        # A cancellation is durable: do not start the forward step; the
-                        # cancellation takes its intent back when it is applied.
-                        self._not_started = step if fresh_intent else None
-                        self._check_inbox = True
-                        continue
-                    outcome = await self._run_step(step, attempt)
-                case RunCompensation(step, attempt):
-                    outcome = await self._run_compensation(step, attempt)
-                case Finish():
+    async def _carry_out(self, commands: Sequence[Command]) -> None:
+        """Carry out `commands`, and those that the outcomes of the runs among them bring."""
+        while commands and not self._dropped:
+            runs: list[_Run] = []
+            for command in commands:
+                if isinstance(command, RunStep | RunCompensation):
+                    runs.append(command)
+                elif isinstance(command, Finish):
+                    # Waiters (and a child's parent) hear of the end; an inbox item
+                    # that arrived meanwhile is still applied by `_drive`.
                     self.stop()
                     await self._deps.on_stopped(self._saga_id, self.state)
-        return outcome
+                    return
+            if not runs:
+                return
+            if self._nudges.cancel and isinstance(runs[0], RunStep):
+                # A cancellation is durable: start no forward step; the machine decides,
+                # when the cancellation is applied, which of them never ran.
+                self._not_started.extend(run.step for run in runs)
+                self._check_inbox = True
+                return
+            if len(runs) == 1:
+                commands = await self._apply(await self._attempt(runs[0]))
+            else:
+                commands = await self._attempt_all(runs)
+
+    async def _attempt_all(self, runs: list[_Run]) -> Sequence[Command]:
+        """Run a group's attempts concurrently, applying each outcome as it comes; the
+        commands of the last transition (the next group's) are returned."""
+        send, receive = anyio.create_memory_object_stream[Event](len(runs))
+        follow: Sequence[Command] = ()
+
+        async def attempt(run: _Run) -> None:
+            await send.send(await self._attempt(run))
+
+        async with anyio.create_task_group() as group, receive:
+            for run in runs:
+                group.start_soon(attempt, run)
+            for _ in runs:
+                follow = await self._apply(await receive.receive())
+        return follow
+
+    async def _attempt(self, run: _Run) -> Event:
+        if isinstance(run, RunStep):
+            return await self._run_step(run.step, run.attempt)
+        return await self._run_compensation(run.step, run.attempt)
 
     async def _settle(self) -> None:
         """Idle now: keep a short wake-up in memory, or passivate."""
@@ -312,42 +318,58 @@ class SagaActor(Actor[SagaMessage]):
             return
         if wake_at is not None:
             self._deps.note_passivated(wake_at)
-        self.stop()
-        await self._deps.on_stopped(self._saga_id, None)
+        await self._stop(None)
+
+    # -- running a position -----------------------------------------------------------
+
+    def _call(self, index: int) -> Step | PendingCall[Any]:
+        if self._run is None:
+            return self._saga.steps[index]
+        return self._run.live(index)
 
     def _context(self, index: int, attempt: int, *, compensating: bool) -> StepContext:
-        name = self._saga.steps[index].name
-        key = f"{self._saga_id}:{name}:compensate" if compensating else f"{self._saga_id}:{name}"
+        call = self._call(index)
+        label = call.name if isinstance(call, Step) else call.label
+        key = f"{self._saga_id}:{label}"
         return StepContext(
             saga_id=self._saga_id,
-            step=name,
+            step=call.name,
             attempt=attempt,
-            idempotency_key=key,
-            results=self._results_view(),
+            idempotency_key=f"{key}:compensate" if compensating else key,
+            results=_EarlierResults(self._result, self._label, self.state),
             compensating=compensating,
         )
 
-    def _results_view(self) -> Mapping[str, Any]:
-        # Decoded on first use: most steps never look at the results of earlier ones.
-        return _EarlierResults(self, self.state)
+    def _label(self, index: int) -> str:
+        call = self.state.steps[index].call
+        return self._saga.steps[index].name if call is None else call.label
 
     def _result(self, index: int, state: SagaState | None = None) -> Any:
         if index not in self._results:
-            step = self._saga.steps[index]
+            call = self._call(index)
             raw = (state or self.state).steps[index].result
             self._results[index] = decode_payload(
-                bytes(raw), step.result_type, "result of step", step.name
+                bytes(raw), call.result_type, "result of step", call.name
             )
         return self._results[index]
 
+    def _args(self, index: int, call: Step | PendingCall[Any]) -> tuple[Any, ...]:
+        if isinstance(call, Step):
+            return (self._input,)
+        recorded = self.state.steps[index].call
+        assert recorded is not None
+        return decode_args(call, bytes(recorded.args))
+
     async def _run_step(self, index: int, attempt: int) -> Event:
-        """One attempt of a forward step."""
-        step = self._saga.steps[index]
+        """One attempt of a forward step (or a code saga's child call)."""
+        call = self._call(index)
         ctx = self._context(index, attempt, compensating=False)
         clock = self._deps.clock
-        if step.wait is not None:
+        if isinstance(call, PendingCall) and call.kind is CallKind.CHILD:
+            return await self._start_child(index, attempt, call)
+        if isinstance(call, Step) and call.wait is not None:
             try:
-                until = wait_deadline(step.wait, ctx, self._input, clock.now())
+                until = wait_deadline(call.wait, ctx, self._input, clock.now())
             except Exception as exc:
                 return StepFailed(
                     at=clock.now(),
@@ -358,41 +380,94 @@ class SagaActor(Actor[SagaMessage]):
                     jitter=self._deps.rng.random(),
                 )
             return StepWaiting(at=clock.now(), step=index, attempt=attempt, until=until)
-        self._nudges.in_step = True
         try:
-            return await attempt_step(step, index, ctx, self._input, clock.now, self._deps.rng)
+            args = self._args(index, call)
+        except SagaError as exc:  # recorded arguments that no longer decode: for good
+            return StepFailed(
+                at=clock.now(),
+                step=index,
+                attempt=attempt,
+                error=error_info(exc),
+                kind=FailureKind.DEFINITIVE,
+            )
+        self._nudges.in_step += 1
+        try:
+            return await attempt_step(call, index, ctx, args, clock.now, self._deps.rng)
         finally:
-            self._nudges.in_step = False
+            self._nudges.in_step -= 1
 
     async def _run_compensation(self, index: int, attempt: int) -> Event:
-        step = self._saga.steps[index]
+        call = self._call(index)
+        if isinstance(call, PendingCall) and call.kind is CallKind.CHILD:
+            return await self._compensate_child(index, attempt, call)
         recorded = (
             self._result(index) if self.state.steps[index].status is StepStatus.SUCCEEDED else None
         )
         ctx = self._context(index, attempt, compensating=True)
+        args = (*self._args(index, call), recorded)
         return await attempt_compensation(
-            step, index, ctx, self._input, recorded, self._deps.clock.now, self._deps.rng
+            call, index, ctx, args, self._deps.clock.now, self._deps.rng
         )
+
+    async def _start_child(self, index: int, attempt: int, call: PendingCall[Any]) -> Event:
+        now = self._deps.clock.now
+        start = self._deps.start_child
+        assert call.child is not None
+        assert call.target is not None
+        assert start is not None
+        recorded = self.state.steps[index].call
+        assert recorded is not None
+        data = decode_args(call, bytes(recorded.args))
+        try:
+            child_input = encode_payload(data[0], "input of saga", call.child.name)
+            await start(call.child, call.target, child_input, ParentRef(self._saga_id, index))
+        except StoreError:
+            raise  # the store's trouble: the actor restarts and tries again
+        except SagaError as exc:
+            return StepFailed(
+                at=now(),
+                step=index,
+                attempt=attempt,
+                error=error_info(exc),
+                kind=FailureKind.DEFINITIVE,
+            )
+        return StepWaiting(at=now(), step=index, attempt=attempt)
+
+    async def _compensate_child(self, index: int, attempt: int, call: PendingCall[Any]) -> Event:
+        compensate = self._deps.compensate_child
+        assert compensate is not None
+        assert call.target is not None
+        reason = f"its parent {self._saga_id!r} compensates"
+        if not await compensate(call.target, reason):
+            # It never started: nothing to undo.
+            return CompensationSucceeded(at=self._deps.clock.now(), step=index, attempt=attempt)
+        return CompensationWaiting(at=self._deps.clock.now(), step=index, attempt=attempt)
 
 
 class _EarlierResults(Mapping[str, Any]):
-    """`StepContext.results`: the results of the steps that succeeded, as of one snapshot,
-    decoded when first read."""
+    """`StepContext.results`: the results of the positions that succeeded, as of one
+    snapshot, by name (a code saga's: `name#k` after the first), decoded when first read."""
 
-    __slots__ = ("_actor", "_decoded", "_state")
+    __slots__ = ("_decoded", "_label", "_result", "_state")
 
-    def __init__(self, actor: SagaActor, state: SagaState) -> None:
-        self._actor = actor
+    def __init__(
+        self,
+        result: Callable[[int, SagaState], Any],
+        label: Callable[[int], str],
+        state: SagaState,
+    ) -> None:
+        self._result = result
+        self._label = label
         self._state = state
         self._decoded: dict[str, Any] | None = None
 
     def _all(self) -> dict[str, Any]:
         if self._decoded is None:
-            steps = self._actor._saga.steps
             self._decoded = {
-                steps[index].name: self._actor._result(index, self._state)
+                self._label(index): self._result(index, self._state)
                 for index, step_state in enumerate(self._state.steps)
                 if step_state.status is StepStatus.SUCCEEDED
+                and (step_state.call is None or step_state.call.kind is CallKind.STEP)
             }
         return self._decoded
 

@@ -36,4 +36,12 @@ class Finish(msgspec.Struct, frozen=True, gc=False):
     status: SagaStatus
 
 
-Command = RunStep | RunCompensation | ScheduleWakeup | Finish
+class Advance(msgspec.Struct, frozen=True, gc=False):
+    """A code saga's body must react to the outcomes it waited for before the transition
+    can finish: the driver asks the body, then applies the event again with its reaction.
+
+    Never persisted: only a transition that still lacks a reaction returns it.
+    """
+
+
+Command = RunStep | RunCompensation | ScheduleWakeup | Finish | Advance

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+import math
+import typing
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, overload
+
+import msgspec
+from typing_extensions import TypeVar
 
 from ._context import StepContext
 from ._errors import DefinitionError
 from ._policy import DEFAULT_COMPENSATION_RETRY, DEFAULT_STEP_RETRY, RetryPolicy
 from ._waits import SignalSpec, SleepSpec
+
+if TYPE_CHECKING:
+    from ._saga_context import SagaContext
 
 Action = Callable[[StepContext, Any], Awaitable[Any]]
 """`async def action(ctx, saga_input) -> result`."""
@@ -28,9 +36,25 @@ def _is_async_callable(func: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
+def check_name(what: str, name: object) -> None:
+    """Names become parts of idempotency keys (`saga_id:name`, `name#k`): keep them parseable."""
+    if not isinstance(name, str) or not name or ":" in name or "#" in name or name != name.strip():
+        raise DefinitionError(
+            f"{what} name must be a non-empty string without ':', '#' or surrounding spaces, "
+            f"got {name!r}"
+        )
+
+
 def check_timeout(name: str, value: float | None) -> None:
-    if value is not None and (isinstance(value, bool) or not value > 0):
-        raise DefinitionError(f"{name} must be None or a number of seconds > 0, got {value!r}")
+    if value is not None and (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not value > 0
+    ):
+        raise DefinitionError(
+            f"{name} must be None or a finite number of seconds > 0, got {value!r}"
+        )
 
 
 class Step:
@@ -71,11 +95,7 @@ class Step:
         compensation_timeout: float | None = None,
         result_type: Any = Any,
     ) -> None:
-        if not isinstance(name, str) or not name or ":" in name or name != name.strip():
-            raise DefinitionError(
-                f"step name must be a non-empty string without ':' or surrounding spaces, "
-                f"got {name!r}"
-            )
+        check_name("step", name)
         if not _is_async_callable(action):
             raise DefinitionError(f"step {name!r}: action must be an async function")
         if compensate is not None and not _is_async_callable(compensate):
@@ -101,46 +121,169 @@ class Step:
         return f"{type(self).__name__}({self.name!r})"
 
 
-class Saga:
-    """A named, ordered list of steps: the definition every instance runs.
+class Parallel:
+    """A step-list saga element: `steps` run concurrently, each with its own intent and outcome.
+
+    The saga goes on once every branch has succeeded. When one fails for
+    good, the others are let finish (interrupting them would leave them
+    ambiguous), then every branch that may have taken effect is compensated,
+    concurrently, before the steps before the group. Waiting steps cannot be
+    branches. Raises `DefinitionError` for a bad name or bad branches.
+    """
+
+    __slots__ = ("name", "steps")
+
+    def __init__(self, name: str, steps: Sequence[Step]) -> None:
+        check_name("parallel group", name)
+        steps = tuple(steps)
+        if not steps or not all(isinstance(step, Step) for step in steps):
+            raise DefinitionError(f"parallel group {name!r} needs one or more Step branches")
+        for step in steps:
+            if step.wait is not None:
+                raise DefinitionError(
+                    f"parallel group {name!r}: {step!r} waits; a branch must be a plain Step"
+                )
+        self.name = name
+        self.steps = steps
+
+    def __repr__(self) -> str:
+        return f"Parallel({self.name!r}, {list(self.steps)!r})"
+
+
+InputT = TypeVar("InputT", default=Any)
+OutputT = TypeVar("OutputT", default=Any)
+
+Body = Callable[["SagaContext", Any], Awaitable[Any]]
+"""`async def body(ctx: SagaContext, saga_input) -> output`: a code saga."""
+
+
+class Saga(Generic[InputT, OutputT]):
+    """A saga definition: a named list of steps, or an async body (a code saga).
+
+    `Saga(name, [Step(...), Parallel(...), Sleep(...), ...])` runs the steps
+    in order; its output maps each step's name to its result.
+    `Saga(name, body)` runs `async def body(ctx: SagaContext, input) ->
+    output`, whose `ctx` calls are durable (see `SagaContext`); its output is
+    what the body returns, decoded as `output_type` (default: the body's
+    return annotation, when it has one msgspec can decode into).
 
     `input_type` validates and decodes the saga input (default: plain JSON
     values). `version` is recorded in each instance's snapshot. `deadline`
     is a total time budget in seconds: when it passes before the saga
     completes, the saga compensates. `signals` maps each awaited signal name
-    to its payload type.
+    to its payload type: derived from a step list; optional for a code saga
+    (when given, `Runtime.signal` checks names and payloads up front).
 
-    Raises `DefinitionError` for an empty or duplicate step list or a bad name.
+    Raises `DefinitionError` for an empty or duplicate step list, a body
+    that is not an async function, or a bad name, version or deadline.
     """
 
-    __slots__ = ("_index", "deadline", "input_type", "name", "signals", "steps", "version")
+    __slots__ = (
+        "_index",
+        "body",
+        "deadline",
+        "elements",
+        "group_of",
+        "input_type",
+        "name",
+        "output_type",
+        "signals",
+        "signals_declared",
+        "steps",
+        "version",
+    )
 
+    @overload
     def __init__(
-        self,
+        self: Saga[Any, dict[str, Any]],
         name: str,
-        steps: Sequence[Step],
+        steps: Sequence[Step | Parallel],
         *,
         input_type: Any = Any,
         version: int = 1,
         deadline: float | None = None,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self: Saga[InputT, OutputT],
+        name: str,
+        steps: Callable[[SagaContext, InputT], Awaitable[OutputT]],
+        *,
+        input_type: Any = Any,
+        output_type: Any = None,
+        version: int = 1,
+        deadline: float | None = None,
+        signals: Mapping[str, Any] | None = None,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        name: str,
+        steps: Sequence[Step | Parallel] | Body,
+        *,
+        input_type: Any = Any,
+        output_type: Any = None,
+        version: int = 1,
+        deadline: float | None = None,
+        signals: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip():
             raise DefinitionError(f"saga name must be a non-empty string, got {name!r}")
-        steps = tuple(steps)
-        if not steps:
-            raise DefinitionError(f"saga {name!r} needs at least one step")
-        if not all(isinstance(step, Step) for step in steps):
-            raise DefinitionError(f"saga {name!r}: steps must be Step instances")
-        index: dict[str, int] = {}
-        for position, step in enumerate(steps):
-            if step.name in index:
-                raise DefinitionError(f"saga {name!r}: duplicate step name {step.name!r}")
-            index[step.name] = position
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise DefinitionError(f"saga {name!r}: version must be an int >= 1")
         check_timeout(f"saga {name!r}: deadline", deadline)
+        self.name = name
+        self.input_type = input_type
+        self.version = version
+        self.deadline = deadline
+        if callable(steps) and not isinstance(steps, Sequence):
+            if not _is_async_callable(steps):
+                raise DefinitionError(f"saga {name!r}: a body must be an async function")
+            self.body: Body | None = steps
+            self.steps: tuple[Step, ...] = ()
+            self.elements: tuple[tuple[int, ...], ...] = ()
+            self.group_of: tuple[int | None, ...] = ()
+            self._index: dict[str, int] = {}
+            self.signals: dict[str, Any] = dict(signals or {})
+            self.signals_declared = signals is not None
+            self.output_type = _return_type(steps) if output_type is None else output_type
+            return
+        if signals is not None or output_type is not None:
+            raise DefinitionError(
+                f"saga {name!r}: signals= and output_type= are for code sagas; "
+                "a step list derives them"
+            )
+        self.body = None
+        self.output_type = dict[str, Any]
+        self._flatten(tuple(steps))
+
+    def _flatten(self, elements: tuple[Step | Parallel, ...]) -> None:
+        name = self.name
+        if not elements:
+            raise DefinitionError(f"saga {name!r} needs at least one step")
+        flat: list[Step] = []
+        positions: list[tuple[int, ...]] = []
+        group_of: list[int | None] = []
+        for element in elements:
+            if isinstance(element, Parallel):
+                first = len(flat)
+                flat.extend(element.steps)
+                positions.append(tuple(range(first, len(flat))))
+                group_of.extend([first] * len(element.steps))
+            elif isinstance(element, Step):
+                positions.append((len(flat),))
+                flat.append(element)
+                group_of.append(None)
+            else:
+                raise DefinitionError(f"saga {name!r}: steps must be Step or Parallel instances")
+        index: dict[str, int] = {}
+        for position, step in enumerate(flat):
+            if step.name in index:
+                raise DefinitionError(f"saga {name!r}: duplicate step name {step.name!r}")
+            index[step.name] = position
         signals: dict[str, Any] = {}
-        for step in steps:
+        for step in flat:
             if isinstance(step.wait, SignalSpec):
                 known = signals.setdefault(step.wait.signal, step.wait.payload_type)
                 if known != step.wait.payload_type:
@@ -148,16 +291,37 @@ class Saga:
                         f"saga {name!r}: signal {step.wait.signal!r} is awaited with two "
                         "different payload types"
                     )
-        self.name = name
-        self.steps = steps
-        self.input_type = input_type
-        self.version = version
-        self.deadline = deadline
+        self.steps = tuple(flat)
+        self.elements = tuple(positions)
+        self.group_of = tuple(group_of)
         self.signals = signals
+        self.signals_declared = True
         self._index = index
+
+    @property
+    def is_code(self) -> bool:
+        """Whether this is a code saga (an async body) rather than a step list."""
+        return self.body is not None
 
     def step_index(self, name: str) -> int:
         return self._index[name]
 
     def __repr__(self) -> str:
+        if self.body is not None:
+            return f"Saga({self.name!r}, {getattr(self.body, '__qualname__', self.body)!r})"
         return f"Saga({self.name!r}, {[s.name for s in self.steps]})"
+
+
+def _return_type(body: Body) -> Any:
+    """The body's return annotation, when it is one msgspec can decode into; else Any."""
+    try:
+        hint = typing.get_type_hints(body).get("return", Any)
+    except Exception:  # an annotation that does not resolve: plain JSON values
+        return Any
+    if hint is None or hint is type(None):
+        return Any
+    try:
+        msgspec.json.Decoder(hint)
+    except TypeError:
+        return Any
+    return hint

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from ._errorinfo import ErrorInfo
+
 
 class NonRetryableError(Exception):
     """Raise it (or a subclass) from a step to fail it definitively, whatever its policy says.
@@ -73,3 +75,42 @@ class SagaEndedError(SagaError):
         super().__init__(f"saga {saga_id!r} has ended ({status}); it takes no more signals")
         self.saga_id = saga_id
         self.status = status
+
+
+class StepFailedError(SagaError):
+    """Raised inside a code saga's body by an awaited `ctx` call that failed for good.
+
+    `step` is the name as called, `error` the recorded error, `ambiguous`
+    whether the call may have taken effect (retries exhausted, a timeout, a
+    child that failed) or failed definitively (it took no effect). Raised by
+    `ctx.step`, `ctx.child`, `ctx.wait_for_signal` (a timeout) and
+    `ctx.parallel` (the first failed branch, in argument order).
+    """
+
+    def __init__(
+        self, step: str, error: ErrorInfo, *, ambiguous: bool, position: int | None = None
+    ) -> None:
+        how = "may have taken effect" if ambiguous else "failed definitively"
+        super().__init__(f"step {step!r} {how}: {error}")
+        self.step = step
+        self.error = error
+        self.ambiguous = ambiguous
+        self.position = position
+        """The call's position (from 0): how the saga tells its own failures from the body's."""
+
+
+class NonDeterminismError(SagaError):
+    """Raised inside a code saga's body when, replaying its history, it makes a call other
+    than the one recorded at that position (its code changed, or it branched on something
+    not recorded). The saga is suspended; no action runs. `position` counts calls from 1.
+    """
+
+    def __init__(self, saga_id: str, position: int, recorded: str, new: str) -> None:
+        super().__init__(
+            f"saga {saga_id!r} is not deterministic at call {position}: "
+            f"the history has {recorded}, the body now makes {new}"
+        )
+        self.saga_id = saga_id
+        self.position = position
+        self.recorded = recorded
+        self.new = new

@@ -1,14 +1,20 @@
 """Events: the inputs of the state machine, appended to each saga's history.
 
 Each carries `at`, the time it happened (the machine reads no clock), and
-whatever randomness its transition needs (`jitter`, in [0, 1)).
+whatever randomness its transition needs (`jitter`, in [0, 1)). In a code
+saga, an event that gives the calls its body waits for their final outcome
+also carries `then`: what the body did next (see `_calls`).
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from ._model import NULL, ErrorInfo, FailureKind
+from ._calls import Reaction
+from ._errorinfo import NULL, ErrorInfo, FailureKind
+from ._model import ParentRef, SagaStatus
+
+Reactions = tuple[Reaction, ...]
 
 
 # gc=False: frozen scalars and raw JSON cannot form cycles (see `_model`).
@@ -19,7 +25,13 @@ class _Event(
 
 
 class SagaStarted(_Event, frozen=True, tag="started"):
-    """The saga was spawned: its first step starts."""
+    """The saga was spawned: its first step starts (a code saga: its body's first calls).
+
+    `parent` is set for a child saga started by a parent's `ctx.child`.
+    """
+
+    then: Reactions = ()
+    parent: ParentRef | None = None
 
 
 class StepSucceeded(_Event, frozen=True, tag="step_succeeded"):
@@ -28,6 +40,7 @@ class StepSucceeded(_Event, frozen=True, tag="step_succeeded"):
     step: int
     attempt: int
     result: msgspec.Raw = NULL
+    then: Reactions = ()
 
 
 class StepFailed(_Event, frozen=True, tag="step_failed"):
@@ -38,10 +51,14 @@ class StepFailed(_Event, frozen=True, tag="step_failed"):
     error: ErrorInfo
     kind: FailureKind
     jitter: float = 0.0
+    then: Reactions = ()
 
 
 class StepWaiting(_Event, frozen=True, tag="step_waiting"):
-    """Waiting step `step` began waiting, until `until` (None: for its signal only)."""
+    """Waiting step `step` began waiting, until `until` (None: for its signal only).
+
+    For a code saga's child call: the child exists and runs; the call waits for it.
+    """
 
     step: int
     attempt: int
@@ -54,13 +71,45 @@ class SignalReceived(_Event, frozen=True, tag="signal_received"):
     name: str
     payload: msgspec.Raw = NULL
     key: str | None = None
+    then: Reactions = ()
 
 
 class CancelRequested(_Event, frozen=True, tag="cancel_requested"):
-    """An operator cancelled the saga. `not_started` is a running step whose action never ran."""
+    """An operator cancelled the saga.
+
+    `not_started`: running steps (one, or several of a parallel group)
+    whose actions the driver did not start, because the cancellation was
+    waiting; the machine decides which of them never ran at all.
+    """
 
     reason: str
-    not_started: int | None = None
+    not_started: int | tuple[int, ...] | None = None
+
+
+class CompensateRequested(_Event, frozen=True, tag="compensate_requested"):
+    """The parent of a child saga compensates it: a completed child rolls back as a unit,
+    a live one stops its forward path as if cancelled."""
+
+    reason: str
+    not_started: int | tuple[int, ...] | None = None
+
+
+class ChildEnded(_Event, frozen=True, tag="child_ended"):
+    """The child saga of call `step` reached `status` (its output or its error with it)."""
+
+    step: int
+    child: str
+    status: SagaStatus
+    result: msgspec.Raw = NULL
+    error: ErrorInfo | None = None
+    then: Reactions = ()
+
+
+class CompensationWaiting(_Event, frozen=True, tag="compensation_waiting"):
+    """The compensation of child call `step` was requested from the child: it waits for it."""
+
+    step: int
+    attempt: int
 
 
 class CompensationSucceeded(_Event, frozen=True, tag="compensation_succeeded"):
@@ -82,6 +131,8 @@ class CompensationFailed(_Event, frozen=True, tag="compensation_failed"):
 
 class TimerFired(_Event, frozen=True, tag="timer_fired"):
     """A scheduled wake-up fell due (a retry may start)."""
+
+    then: Reactions = ()
 
 
 class Recovered(_Event, frozen=True, tag="recovered"):
@@ -109,6 +160,9 @@ Event = (
     | StepWaiting
     | SignalReceived
     | CancelRequested
+    | CompensateRequested
+    | ChildEnded
+    | CompensationWaiting
     | TimerFired
     | Recovered
     | Suspended

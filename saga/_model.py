@@ -14,8 +14,21 @@ import enum
 
 import msgspec
 
-NULL = msgspec.Raw(b"null")
-"""The recorded result of a step that has none (yet)."""
+from ._calls import CallSpec
+from ._errorinfo import NULL, ErrorInfo, FailureKind
+
+__all__ = (
+    "NULL",
+    "CompensationStatus",
+    "ErrorInfo",
+    "FailureKind",
+    "ParentRef",
+    "SagaState",
+    "SagaStatus",
+    "Signal",
+    "StepState",
+    "StepStatus",
+)
 
 
 class SagaStatus(enum.StrEnum):
@@ -75,34 +88,20 @@ class CompensationStatus(enum.StrEnum):
     NONE = "none"
     RUNNING = "running"
     RETRYING = "retrying"
+    WAITING = "waiting"
+    """A child saga's compensation was requested; the child reports when it is done."""
     COMPENSATED = "compensated"
     FAILED = "failed"
 
 
-class FailureKind(enum.StrEnum):
-    """What a failed attempt proves about its effect."""
-
-    TRANSIENT = "transient"
-    """May be retried; if retries run out the step is ambiguous."""
-    DEFINITIVE = "definitive"
-    """Proves the attempt took no effect; never retried."""
-    AMBIGUOUS = "ambiguous"
-    """Not retried, yet may have taken effect (e.g. an unserializable result)."""
-
-
-class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
-    """An error as recorded: its type's qualified name and its message."""
-
-    type: str
-    message: str
-    timed_out: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.type}: {self.message}" if self.message else self.type
-
-
 class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
-    """The forward and compensation sides of one step, as persisted."""
+    """The forward and compensation sides of one step (or of a code saga's call), as persisted.
+
+    `call` is the recorded call of a code saga (None in a step-list saga,
+    whose definition says what each step is). `interrupted`: the current
+    attempt's intent outlived an interruption (a crash, a restart), so its
+    action may have run even if this runtime never started it.
+    """
 
     status: StepStatus = StepStatus.PENDING
     attempts: int = 0
@@ -114,6 +113,26 @@ class StepState(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, g
     compensation_attempts: int = 0
     compensation_retry_at: float | None = None
     compensation_error: ErrorInfo | None = None
+    call: CallSpec | None = None
+    interrupted: bool = False
+
+    @property
+    def open(self) -> bool:
+        """Whether something is still to happen to it: an outcome, a retry, a compensation."""
+        return self.status in _OPEN_STEP or self.compensation in _OPEN_COMPENSATION
+
+
+_OPEN_STEP = frozenset({StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING})
+_OPEN_COMPENSATION = frozenset(
+    {CompensationStatus.RUNNING, CompensationStatus.RETRYING, CompensationStatus.WAITING}
+)
+
+
+class ParentRef(msgspec.Struct, frozen=True, gc=False):
+    """The parent of a child saga: its id, and the position of the `ctx.child` call."""
+
+    saga_id: str
+    position: int
 
 
 class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=False):
@@ -128,7 +147,14 @@ class Signal(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, gc=F
 class SagaState(
     msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag="saga", gc=False
 ):
-    """The snapshot: everything needed to carry on after a crash."""
+    """The snapshot: everything needed to carry on after a crash.
+
+    A step-list saga's `steps` hold one state per step of its definition. A
+    code saga's hold one per call its body made; in memory all of them, in
+    the store only the open ones (`stored()`), so a saga of a thousand calls
+    does not write its whole past at every transition: `partial` marks that
+    stored form, which `saga.engine.restore` completes from the history.
+    """
 
     v: int = 1
     saga_id: str
@@ -148,6 +174,23 @@ class SagaState(
     waiting_for: str | None = None
     inbox: tuple[Signal, ...] = ()
     signal_keys: tuple[str, ...] = ()
+    output: msgspec.Raw = NULL
+    """A completed code saga's return value (JSON)."""
+    parent: ParentRef | None = None
+    partial: bool = False
+
+    @property
+    def is_code(self) -> bool:
+        """Whether the steps are a code saga's calls (they carry their `CallSpec`)."""
+        return bool(self.steps) and self.steps[0].call is not None
+
+    def stored(self) -> SagaState:
+        """The form a store persists: itself, or for a code saga only its open calls."""
+        if self.partial or not self.is_code:
+            return self
+        return msgspec.structs.replace(
+            self, steps=tuple(step for step in self.steps if step.open), partial=True
+        )
 
     @property
     def wake_at(self) -> float | None:

@@ -1,7 +1,14 @@
-"""User values (saga inputs, step results) as JSON through msgspec: no pickle, ever."""
+"""User values (saga inputs, step results) as JSON through msgspec: no pickle, ever.
+
+JSON is stricter than Python: no NaN or infinity (msgspec would write them as
+null, silently changing the value), no lone surrogates, bounded nesting. Every
+user value is checked here once, before anything durable holds it, so a bad
+value is that value's `PayloadError` and never another saga's failed write.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
@@ -12,19 +19,58 @@ _encoder = msgspec.json.Encoder(order="sorted")
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 """A decoder per declared type: `msgspec.json.decode(type=...)` analyses a generic
 type such as `dict[str, int]` again on every call (~3 us)."""
+_any = msgspec.json.Decoder()
 
 
 def encode_payload(value: object, what: str, name: str | None = None) -> bytes:
     """JSON bytes for `value`, keys sorted so equal values encode equally.
 
-    Raises `PayloadError` if msgspec cannot serialize it; its message names the
-    value as `what`, followed by `name` quoted when given (formatted only then:
-    every step result passes through here).
+    Raises `PayloadError` if msgspec cannot serialize it, if it holds NaN or
+    an infinity, a string with a lone surrogate, raw JSON that is not valid,
+    or nesting too deep to read back; the message names the value as `what`,
+    followed by `name` quoted when given (formatted only then: every step
+    result passes through here).
     """
     try:
-        return _encoder.encode(value)
+        data = _encoder.encode(value)
+    except RecursionError as exc:
+        raise PayloadError(f"{_named(what, name)} is nested too deeply (or holds a cycle)") from exc
+    except UnicodeEncodeError as exc:
+        raise PayloadError(
+            f"{_named(what, name)} holds a string that is not valid Unicode: {exc}"
+        ) from exc
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         raise PayloadError(f"{_named(what, name)} is not msgspec-serializable: {exc}") from exc
+    # msgspec writes NaN and infinities as null: only a value whose JSON holds a null can
+    # hold one, so the walk is skipped for most values.
+    if b"null" in data and _has_non_finite(value):
+        raise PayloadError(f"{_named(what, name)} holds NaN or an infinity, which JSON cannot hold")
+    try:
+        _any.decode(data)  # raw JSON (msgspec.Raw) passes through the encoder unchecked
+    except RecursionError as exc:
+        raise PayloadError(f"{_named(what, name)} is nested too deeply to read back") from exc
+    except msgspec.DecodeError as exc:
+        raise PayloadError(f"{_named(what, name)} holds raw JSON that is not valid: {exc}") from exc
+    return data
+
+
+def _has_non_finite(value: object, depth: int = 0) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if depth > 200 or isinstance(value, str | bytes | int | bool | None):
+        return False
+    if isinstance(value, dict):
+        return any(_has_non_finite(item, depth + 1) for item in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_has_non_finite(item, depth + 1) for item in value)
+    if isinstance(value, msgspec.Struct):
+        return any(
+            _has_non_finite(getattr(value, field), depth + 1) for field in value.__struct_fields__
+        )
+    fields = getattr(value, "__dataclass_fields__", None)
+    if fields is not None:
+        return any(_has_non_finite(getattr(value, field), depth + 1) for field in fields)
+    return False
 
 
 def decode_payload(data: bytes, type_: Any, what: str, name: str | None = None) -> Any:
@@ -35,6 +81,8 @@ def decode_payload(data: bytes, type_: Any, what: str, name: str | None = None) 
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         message = f"{_named(what, name)} does not match its declared type: {exc}"
         raise PayloadError(message) from exc
+    except RecursionError as exc:
+        raise PayloadError(f"{_named(what, name)} is nested too deeply to read") from exc
 
 
 def _named(what: str, name: str | None) -> str:

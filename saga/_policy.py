@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ._calls import Backoff
 from ._errors import DefinitionError
 
 
@@ -28,6 +28,8 @@ class RetryPolicy:
     maximum_attempts: int | None = 3
     non_retryable_error_types: tuple[type[BaseException], ...] = ()
     jitter: float = 0.1
+    backoff: Backoff = field(init=False, repr=False, compare=False)
+    """The policy's numbers, as the state machine applies them (and a code saga records)."""
 
     def __post_init__(self) -> None:
         if not self.initial_interval >= 0:
@@ -54,20 +56,23 @@ class RetryPolicy:
             raise DefinitionError("non_retryable_error_types must be a tuple of exception types")
         if not 0 <= self.jitter < 1:
             raise DefinitionError(f"jitter must be in [0, 1), got {self.jitter}")
+        backoff = Backoff(
+            initial_interval=float(self.initial_interval),
+            backoff_coefficient=float(self.backoff_coefficient),
+            maximum_interval=(
+                None if self.maximum_interval == float("inf") else float(self.maximum_interval)
+            ),
+            maximum_attempts=self.maximum_attempts,
+            jitter=float(self.jitter),
+        )
+        object.__setattr__(self, "backoff", backoff)  # frozen: derived once, here
 
     def allows_another_attempt(self, attempts_made: int) -> bool:
-        return self.maximum_attempts is None or attempts_made < self.maximum_attempts
+        return self.backoff.allows_another_attempt(attempts_made)
 
     def delay(self, attempt: int, jitter_sample: float) -> float:
         """Seconds to wait after failed attempt `attempt`; `jitter_sample` is in [0, 1)."""
-        exponent = min(attempt - 1, 1000)
-        try:
-            growth = self.backoff_coefficient**exponent
-        except OverflowError:
-            growth = math.inf
-        base = 0.0 if self.initial_interval == 0 else self.initial_interval * growth
-        base = min(base, self.maximum_interval)
-        return max(0.0, base * (1.0 + self.jitter * (2.0 * jitter_sample - 1.0)))
+        return self.backoff.delay(attempt, jitter_sample)
 
 
 DEFAULT_STEP_RETRY = RetryPolicy()

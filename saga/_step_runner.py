@@ -1,29 +1,79 @@
-"""Running one attempt of a step or compensation and turning its end into an event."""
+"""Running one attempt of a step or compensation and turning its end into an event.
+
+Steps of step-list sagas (`Step`) and calls of code sagas (`PendingCall`)
+run alike: both offer the action, the compensation, their policies and
+timeouts (`Runnable`). A step-list action gets `(ctx, saga_input)`; a code
+saga's gets `(ctx, *recorded_args)`; a compensation gets the same plus the
+recorded result (or None when the step is ambiguous).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import msgspec
 
 from ._context import StepContext
-from ._definition import Step
+from ._errorinfo import NULL, ErrorInfo, FailureKind
 from ._errors import NonRetryableError, PayloadError
 from ._events import CompensationFailed, CompensationSucceeded, Event, StepFailed, StepSucceeded
-from ._model import NULL, ErrorInfo, FailureKind
-from ._payload import encode_payload
+from ._payload import decode_payload, encode_payload
+from ._policy import RetryPolicy
 from ._waits import SignalSpec, SleepSpec
+
+_MAX_MESSAGE = 4000
+"""Characters of an error message kept in the record: a 10 MB message is not an error's."""
+
+
+class Runnable(Protocol):
+    """What running an attempt needs of a step (`Step`) or of a code saga's call."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def action(self) -> Callable[..., Awaitable[Any]] | None: ...
+    @property
+    def compensate(self) -> Callable[..., Awaitable[Any]] | None: ...
+    @property
+    def retry(self) -> RetryPolicy: ...
+    @property
+    def compensation_retry(self) -> RetryPolicy: ...
+    @property
+    def timeout(self) -> float | None: ...
+    @property
+    def compensation_timeout(self) -> float | None: ...
+    @property
+    def result_type(self) -> Any: ...
 
 
 def error_info(error: BaseException, *, timed_out: bool = False) -> ErrorInfo:
+    """`error` as recorded: always storable, whatever its type name or `__str__` do."""
     cls = type(error)
+    try:
+        message = str(error)
+    except Exception as exc:  # a __str__ that raises must not fail the write
+        message = f"<str() of the error raised {type(exc).__name__}>"
+    if len(message) > _MAX_MESSAGE:
+        message = message[:_MAX_MESSAGE] + f"... ({len(message)} characters)"
     return ErrorInfo(
-        type=f"{cls.__module__}.{cls.__qualname__}", message=str(error), timed_out=timed_out
+        type=_storable(f"{cls.__module__}.{cls.__qualname__}"),
+        message=_storable(message),
+        timed_out=timed_out,
     )
+
+
+def _storable(text: str) -> str:
+    """`text` with lone surrogates (surrogateescape file names) written as escapes."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
 
 
 class StepTimeout(Exception):
@@ -33,10 +83,12 @@ class StepTimeout(Exception):
         super().__init__(f"attempt timed out after {seconds} s")
 
 
-def classify(step: Step, error: Exception, *, compensating: bool) -> FailureKind:
+def classify(step: Runnable, error: BaseException, *, compensating: bool) -> FailureKind:
     policy = step.compensation_retry if compensating else step.retry
     if isinstance(error, (NonRetryableError, *policy.non_retryable_error_types)):
         return FailureKind.DEFINITIVE
+    if not isinstance(error, Exception):
+        return FailureKind.AMBIGUOUS  # a BaseException: not retried, yet it may have acted
     return FailureKind.TRANSIENT
 
 
@@ -51,29 +103,41 @@ async def call_with_timeout(
     raise StepTimeout(seconds)
 
 
+def _escapes(error: BaseException) -> bool:
+    """Errors that are not the step's to keep: cancellation (an interrupt, a stop) and the
+    process being told to stop (Ctrl-C, `sys.exit`: a clean stop, the step runs again)."""
+    return isinstance(error, anyio.get_cancelled_exc_class() | KeyboardInterrupt | SystemExit)
+
+
 async def attempt_step(
-    step: Step,
+    step: Runnable,
     index: int,
     ctx: StepContext,
-    saga_input: Any,
+    args: tuple[Any, ...],
     now: Callable[[], float],
     rng: random.Random,
 ) -> Event:
-    """Run one attempt of `step`'s action; its outcome as an event."""
+    """Run one attempt of `step`'s action on `args`; its outcome as an event."""
+    action = step.action
+    assert action is not None
     try:
         if step.timeout is None:  # the usual case: no cancel scope, no extra frame
-            value = await step.action(ctx, saga_input)
+            value = await action(ctx, *args)
         else:
-            value = await call_with_timeout(step.timeout, step.action, ctx, saga_input)
+            value = await call_with_timeout(step.timeout, action, ctx, *args)
     except StepTimeout as exc:
         return _step_failed(
             index, ctx, error_info(exc, timed_out=True), FailureKind.TRANSIENT, now, rng
         )
-    except Exception as exc:
+    except BaseException as exc:
+        if _escapes(exc):
+            raise
         kind = classify(step, exc, compensating=False)
         return _step_failed(index, ctx, error_info(exc), kind, now, rng)
     try:
         result = encode_payload(value, "result of step", step.name)
+        if step.result_type is not Any:
+            decode_payload(result, step.result_type, "result of step", step.name)
     except PayloadError as exc:
         # It returned, so it took effect: ambiguous, compensated with None.
         return _step_failed(index, ctx, error_info(exc), FailureKind.AMBIGUOUS, now, rng)
@@ -95,28 +159,30 @@ def _step_failed(
 
 
 async def attempt_compensation(
-    step: Step,
+    step: Runnable,
     index: int,
     ctx: StepContext,
-    saga_input: Any,
-    recorded: Any,
+    args: tuple[Any, ...],
     now: Callable[[], float],
     rng: random.Random,
 ) -> Event:
-    """Run one attempt of `step`'s compensation; its outcome as an event."""
-    assert step.compensate is not None
+    """Run one attempt of `step`'s compensation on `args` (ending with the recorded result)."""
+    compensate = step.compensate
+    assert compensate is not None
     error: ErrorInfo
     try:
         if step.compensation_timeout is None:  # as in `attempt_step`: no extra frame
-            await step.compensate(ctx, saga_input, recorded)
+            await compensate(ctx, *args)
         else:
-            await call_with_timeout(
-                step.compensation_timeout, step.compensate, ctx, saga_input, recorded
-            )
+            await call_with_timeout(step.compensation_timeout, compensate, ctx, *args)
     except StepTimeout as exc:
         error, kind = error_info(exc, timed_out=True), FailureKind.TRANSIENT
-    except Exception as exc:
+    except BaseException as exc:
+        if _escapes(exc):
+            raise
         error, kind = error_info(exc), classify(step, exc, compensating=True)
+        if kind is FailureKind.AMBIGUOUS:
+            kind = FailureKind.TRANSIENT  # a compensation is retried: it must cope
     else:
         return CompensationSucceeded(at=now(), step=index, attempt=ctx.attempt)
     return CompensationFailed(
@@ -130,7 +196,7 @@ def wait_deadline(
     """When a waiting step stops waiting (None: only its signal ends it).
 
     Raises whatever a `Sleep(until=...)` function raises, or `TypeError`
-    if it returns neither an aware datetime nor a number.
+    if it returns neither an aware datetime nor a finite number.
     """
     if isinstance(spec, SignalSpec):
         return None if spec.timeout is None else now + spec.timeout
@@ -143,5 +209,7 @@ def wait_deadline(
             raise TypeError("Sleep(until=...) must return an aware datetime (with tzinfo)")
         return until.timestamp()
     if isinstance(until, int | float) and not isinstance(until, bool):
+        if not math.isfinite(until):
+            raise ValueError(f"Sleep(until=...) returned {until!r}, not a finite time")
         return float(until)
     raise TypeError(f"Sleep(until=...) returned {until!r}, not a datetime or epoch seconds")

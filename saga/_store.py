@@ -46,9 +46,9 @@ class InboxItem:
     id: int
     saga_id: str
     kind: str
-    """"signal" or "cancel"."""
+    """"signal", "cancel", "compensate" (from a parent) or "child" (a child's report)."""
     name: str
-    """The signal's name, or the cancellation's reason."""
+    """The signal's name, the cancellation's reason, or the reporting child's id."""
     payload: bytes = b"null"
     key: str | None = None
     at: float = 0.0
@@ -118,11 +118,21 @@ class Store(Protocol):
         """
         ...
 
-    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
-        """Persist snapshot `state` and append `event`, atomically; return once durable.
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
+        """Persist snapshot `state.stored()` and append `event`, atomically; return once durable.
 
         `consumed` is the id of the inbox item `event` came from: it is
         removed in the same transaction, so it is applied exactly once.
+        `deliver` is an inbox item for another saga (a child's report to its
+        parent), added in the same transaction unless that saga has ended or
+        holds an item of the same kind and key.
         Raises `StaleStateError` unless the stored snapshot is `state.seq - 1`
         (and, for shared stores, the caller still holds the saga's epoch).
         """
@@ -133,7 +143,8 @@ class Store(Protocol):
 
         Returns False when an item of the same kind and `key` is already
         there (a duplicate). Raises `SagaNotFound`, or `SagaEndedError` if
-        the saga has ended.
+        the saga has ended (a "compensate" item for a completed saga is taken:
+        a parent rolls its completed child back).
         """
         ...
 
@@ -142,8 +153,8 @@ class Store(Protocol):
         ...
 
     async def runnable(self) -> Sequence[UnfinishedSaga]:
-        """Live sagas with a step or compensation in flight, or with undelivered inbox items:
-        to resume at once on start."""
+        """Live sagas with a step or compensation in flight, or with undelivered inbox items,
+        and completed sagas asked to compensate: to resume at once on start."""
         ...
 
     async def due(

@@ -21,7 +21,8 @@ import anyio
 import anyio.lowlevel
 
 from actors import RestartWithBackoff
-from saga import Saga, SagaNotFound, SagaState, SagaStatus, StoreError, VirtualClock
+from saga import Saga, SagaNotFound, SagaStatus, StoreError, VirtualClock
+from saga.store import SagaState
 
 from .._errors import SagaSuspendedError
 from .._info import SagaInfo

@@ -13,18 +13,16 @@ from collections import Counter
 
 import msgspec
 
-from saga import (
-    CompensationStatus,
+from saga import CompensationStatus, SagaStatus, StepStatus
+from saga.engine import (
     CompensationSucceeded,
     InvalidTransitionError,
     SagaStarted,
-    SagaState,
-    SagaStatus,
-    StepStatus,
     StepSucceeded,
     initial_state,
     transition,
 )
+from saga.store import SagaState
 
 from ._journal import Call
 from ._report import FaultReport

@@ -11,7 +11,8 @@ import itertools
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from saga import Clock, Event
+from saga import Clock
+from saga.engine import Event
 
 CallKind = Literal["action", "compensation"]
 

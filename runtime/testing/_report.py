@@ -8,7 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from saga import Saga, SagaState, SagaStatus
+from saga import Saga, SagaStatus
+from saga.store import SagaState
 
 from .._info import SagaInfo
 from ._journal import Call, CallKind, Note, Write

@@ -11,21 +11,23 @@ import sqlite3
 from collections.abc import Sequence
 from typing import NoReturn, Protocol
 
-from saga import (
+from saga import StoreError
+from saga.engine import (
     CompensationFailed,
     CompensationSucceeded,
-    DueSaga,
     Event,
-    HistoryEntry,
-    InboxItem,
     Recovered,
-    SagaRow,
-    SagaState,
     StepFailed,
     StepSucceeded,
+)
+from saga.store import (
+    DueSaga,
+    HistoryEntry,
+    InboxItem,
+    SagaRow,
+    SagaState,
     Store,
     StoredSaga,
-    StoreError,
     UnfinishedSaga,
 )
 
@@ -82,7 +84,14 @@ class FaultyStore(DelegatingStore):
         finally:
             injector.store_calls -= 1
 
-    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
         injector = self._injector
         saga_id = state.saga_id
         await injector.alive()
@@ -91,7 +100,7 @@ class FaultyStore(DelegatingStore):
             fault = injector.take_store_fault(saga_id)
             what = f"the write of {type(event).__name__} (seq {state.seq})"
             self._fail_before(saga_id, fault, what)
-            await self.inner.save(state, event, consumed=consumed)
+            await self.inner.save(state, event, consumed=consumed, deliver=deliver)
             injector.journal.wrote(saga_id, state.seq, event)
             self._fail_after(saga_id, fault, what)
             crash = self._crash_after(saga_id, event)

@@ -30,7 +30,8 @@ import anyio
 
 from actors import RestartWithBackoff
 from runtime import Runtime, SagaCompensated, SqliteStore, StoreError
-from saga import Event, Saga, StepContext
+from saga import Saga, StepContext
+from saga.engine import Event
 
 from .checkout import (
     REAL,

@@ -34,17 +34,14 @@ from typing import TypeVar
 import anyio
 
 from runtime import DelegatingStore, SqliteStore, StoreError
-from saga import (
+from saga.engine import Event, Resumed, SagaStarted, Suspended
+from saga.store import (
     DueSaga,
-    Event,
     HistoryEntry,
     InboxItem,
-    Resumed,
     SagaRow,
-    SagaStarted,
     SagaState,
     StoredSaga,
-    Suspended,
     UnfinishedSaga,
 )
 
@@ -255,11 +252,18 @@ class FaultyStore(DelegatingStore):
             saga.saga_id, event, lambda: self.inner.create(saga, event), save=False
         )
 
-    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
         await self._write(
             state.saga_id,
             event,
-            lambda: self.inner.save(state, event, consumed=consumed),
+            lambda: self.inner.save(state, event, consumed=consumed, deliver=deliver),
             save=True,
         )
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import msgspec
 
-from saga import (
-    CompensationStatus,
+from saga import CompensationStatus, Saga, SagaStatus, StepStatus
+from saga.engine import (
     CompensationSucceeded,
     Event,
     InvalidTransitionError,
@@ -31,14 +31,11 @@ from saga import (
     Resumed,
     RunCompensation,
     RunStep,
-    Saga,
     SagaStarted,
-    SagaState,
-    SagaStatus,
-    StepStatus,
     initial_state,
     transition,
 )
+from saga.store import SagaState
 from tests.runtime.ledger import Record
 
 from .checkout import COMPENSABLE, STEPS, Expected, Order, expected, expected_output

@@ -23,7 +23,8 @@ import pytest
 
 from actors import RestartWithBackoff
 from runtime import CorruptSagaError, Runtime, SagaStatus, VirtualClock
-from saga import SagaState, StepStatus
+from saga import StepStatus
+from saga.store import SagaState
 
 from .checkout import HAPPY, Fault, StepPlan, expected_output, make_order
 from .drive import results

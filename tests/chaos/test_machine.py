@@ -58,7 +58,8 @@ from runtime import (
     StoreError,
     VirtualClock,
 )
-from saga import Event, SagaState
+from saga.engine import Event
+from saga.store import InboxItem, SagaState
 
 from .checkout import (
     COMPENSABLE,
@@ -408,8 +409,15 @@ class HeldRead(DelegatingStore):
             await self.release.wait()
         return found
 
-    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
-        await self.inner.save(state, event, consumed=consumed)
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
+        await self.inner.save(state, event, consumed=consumed, deliver=deliver)
         if state.wake_at is not None:
             self.wake_at = state.wake_at
             self.retrying.set()

@@ -28,7 +28,7 @@ import pytest
 
 from actors import RestartWithBackoff
 from runtime import Runtime, SagaStatus, SagaSuspendedError, StoreError
-from saga import Event, Suspended
+from saga.engine import Event, Suspended
 
 from .checkout import HAPPY, make_order
 from .drive import drive_to_end, results

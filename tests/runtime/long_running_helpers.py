@@ -15,7 +15,9 @@ import anyio
 import msgspec
 
 from runtime import Runtime, SagaInfo, SagaStatus
-from saga import Action, Compensation, Event, HistoryEntry, NonRetryableError, StepContext
+from saga import Action, Compensation, NonRetryableError, StepContext
+from saga.engine import Event
+from saga.store import HistoryEntry
 
 WAIT = 10.0
 """Generous bound on anything a test waits for; every wait ends far sooner."""

@@ -25,12 +25,15 @@ from typing import Any
 import anyio
 import asyncpg
 
-from runtime import Runtime, SagaCompensated
+from runtime import SagaCompensated
 from runtime._codec import decode_event
 from runtime._info import saga_info
 from runtime._pg_store import PostgresStore
+from runtime._runtime import saga_outcome
 from runtime._writes import stored_saga
-from saga import HistoryEntry, Recovered, Saga
+from saga import Saga
+from saga.engine import Recovered
+from saga.store import HistoryEntry
 from tests.child_process import Child, open_child
 
 from .crash_child import DONE, READY, build_checkout, plan_for
@@ -355,7 +358,6 @@ async def read_outcomes(dsn: str, saga: Saga) -> dict[str, Outcome]:
         dsn, f"SELECT saga_id, seq, event FROM {SCHEMA}.history ORDER BY saga_id, seq"
     ):
         history.setdefault(sid, []).append(HistoryEntry(seq, decode_event(sid, event)))
-    results = Runtime("postgresql://unused", sagas=[saga])  # never entered: decodes outcomes
     outcomes: dict[str, Outcome] = {}
     for row in sagas:
         stored = stored_saga(*row)
@@ -366,7 +368,7 @@ async def read_outcomes(dsn: str, saga: Saga) -> dict[str, Outcome]:
         compensated: SagaCompensated | None = None
         if state.status.is_terminal:
             try:
-                output = results._outcome(state)
+                output = saga_outcome(saga, state)
             except SagaCompensated as exc:
                 compensated = exc
         outcomes[sid] = Outcome(info, state, output, compensated)

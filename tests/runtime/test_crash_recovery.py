@@ -32,19 +32,9 @@ import anyio
 import pytest
 
 from runtime import Runtime, SagaCompensated, SagaInfo, SqliteStore
-from saga import (
-    HistoryEntry,
-    Recovered,
-    RunCompensation,
-    RunStep,
-    Saga,
-    SagaStarted,
-    SagaState,
-    SagaStatus,
-    StepStatus,
-    initial_state,
-    transition,
-)
+from saga import Saga, SagaStatus, StepStatus
+from saga.engine import Recovered, RunCompensation, RunStep, SagaStarted, initial_state, transition
+from saga.store import HistoryEntry, SagaState
 from tests.child_process import Child, open_child
 
 from .crash_child import (

@@ -15,8 +15,11 @@ import pytest
 import actors
 import runtime
 import saga
+import saga.engine
+import saga.store
 
-PACKAGES = (saga, runtime)
+PACKAGES = (saga, saga.store, saga.engine, runtime)
+MODULES = {module.__name__: module for module in PACKAGES}
 
 
 def _documented(package: str, name: str) -> Any:
@@ -106,6 +109,95 @@ def test_saga_status_is_a_str_enum_equal_to_its_strings() -> None:
     }
 
 
+def test_code_saga_contract_names_import() -> None:
+    from saga import NonDeterminismError, Parallel, Saga, SagaContext, StepFailedError
+
+    assert issubclass(StepFailedError, saga.SagaError)
+    assert issubclass(NonDeterminismError, saga.SagaError)
+    assert {"step", "error", "ambiguous"} <= set(
+        vars(StepFailedError("s", saga.ErrorInfo(type="t", message="m"), ambiguous=True))
+    )
+    for method in (
+        "step",
+        "parallel",
+        "child",
+        "sleep",
+        "wait_for_signal",
+        "now",
+        "uuid",
+        "random",
+    ):
+        assert callable(getattr(SagaContext, method)), method
+    assert inspect.isclass(Parallel)
+    assert inspect.isclass(Saga)
+
+
+# The front door holds what a saga author uses; the engine and the store SPI have their own
+# public modules (pykka's `pykka.messages` is the model). This pins the split.
+AUTHORING = {
+    "Saga",
+    "Step",
+    "Parallel",
+    "Sleep",
+    "WaitForSignal",
+    "Continue",
+    "OnTimeout",
+    "RetryPolicy",
+    "Action",
+    "Compensation",
+    "StepContext",
+    "SagaContext",
+    "Clock",
+    "SystemClock",
+    "VirtualClock",
+    "SagaStatus",
+    "StepStatus",
+    "CompensationStatus",
+    "CallKind",
+    "ErrorInfo",
+    "FailureKind",
+    "SagaError",
+    "NonRetryableError",
+    "StepFailedError",
+    "NonDeterminismError",
+    "DefinitionError",
+    "PayloadError",
+    "SagaNotFound",
+    "SagaEndedError",
+    "CorruptSagaError",
+    "StoreError",
+}
+STORE_SPI = {
+    "Store",
+    "SharedStore",
+    "StoredSaga",
+    "SagaState",
+    "StepState",
+    "Signal",
+    "ParentRef",
+    "HistoryEntry",
+    "InboxItem",
+    "SagaRow",
+    "DueSaga",
+    "Notice",
+    "OwnedSaga",
+    "UnfinishedSaga",
+    "StaleStateError",
+    "LeaseLostError",
+}
+
+
+def test_the_front_door_holds_the_authoring_names_and_nothing_else() -> None:
+    assert set(saga.__all__) == AUTHORING
+    assert set(saga.store.__all__) == STORE_SPI
+    assert not set(saga.engine.__all__) & (AUTHORING | STORE_SPI)
+    assert {"transition", "Transition", "SagaActor", "FreshStart", "commit", "begin"} <= set(
+        saga.engine.__all__
+    )
+    for dead in ("GetState", "SagaMessage", "start"):
+        assert not hasattr(saga, dead), dead
+
+
 # -- __all__ ------------------------------------------------------------------------------
 
 
@@ -129,7 +221,7 @@ def test_star_import_gives_exactly_all(module: types.ModuleType) -> None:
 
 @pytest.mark.parametrize("module", PACKAGES, ids=lambda m: m.__name__)
 def test_exports_are_defined_in_the_layer_or_below(module: types.ModuleType) -> None:
-    allowed = {"saga": ("saga.",), "runtime": ("runtime.", "saga.")}[module.__name__]
+    allowed = ("runtime.", "saga.") if module is runtime else ("saga.",)
     for name in module.__all__:
         obj = getattr(module, name)
         if inspect.isclass(obj) or inspect.isfunction(obj):
@@ -145,7 +237,7 @@ def test_runtime_reexports_the_saga_layers_own_objects() -> None:
 
 @pytest.mark.parametrize(("package", "name"), _public_objects())
 def test_public_classes_and_functions_are_documented(package: str, name: str) -> None:
-    module = {"saga": saga, "runtime": runtime}[package]
+    module = MODULES[package]
     assert _own_doc(getattr(module, name)) is not None
 
 
@@ -185,7 +277,7 @@ def test_every_raised_error_is_a_saga_error() -> None:
             continue
         assert issubclass(error, saga.SagaError), label
     assert issubclass(runtime.StoreClosedError, saga.StoreError)
-    assert issubclass(saga.StaleStateError, saga.StoreError)
+    assert issubclass(saga.store.StaleStateError, saga.StoreError)
     assert issubclass(saga.CorruptSagaError, saga.StoreError)
 
 
@@ -228,6 +320,6 @@ def test_imports_only_point_down(package: types.ModuleType, forbidden: set[str])
 
 def test_the_state_machine_is_pure() -> None:
     assert saga.__file__ is not None
-    machine = Path(saga.__file__).parent / "_machine.py"
     impure = {"anyio", "asyncio", "aiosqlite", "sqlite3", "logging", "time", "random", "os"}
-    assert not _imported_roots(machine) & impure
+    for pure in ("_machine.py", "_program.py", "_calls.py", "_model.py", "_events.py"):
+        assert not _imported_roots(Path(saga.__file__).parent / pure) & impure, pure

@@ -42,17 +42,13 @@ from runtime import (
     VirtualClock,
     WaitForSignal,
 )
-from saga import (
+from saga import CompensationStatus, Saga, Step, StepContext, StepStatus
+from saga.engine import (
     CancelRequested,
-    CompensationStatus,
     CompensationSucceeded,
-    Saga,
     SagaStarted,
     SignalReceived,
-    Step,
-    StepContext,
     StepFailed,
-    StepStatus,
     StepSucceeded,
     StepWaiting,
     TimerFired,

@@ -22,7 +22,8 @@ from runtime import Runtime, SagaCompensated, SagaSuspendedError
 from runtime._pg_store import PostgresStore
 from runtime._pg_writer import PgBatch, commit_batch
 from runtime._writes import Save
-from saga import Saga, Step, StepContext, StoredSaga, WaitForSignal
+from saga import Saga, Step, StepContext, WaitForSignal
+from saga.store import StoredSaga
 from tests.runtime.test_store_contract import T0, new_saga, step_succeeded, suspend
 
 WAIT = 5.0  # bound on anything a test waits for; every wait ends far sooner

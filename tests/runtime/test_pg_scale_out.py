@@ -33,7 +33,8 @@ import pytest
 
 from runtime import Runtime, SagaCompensated
 from runtime._pg_store import PostgresStore
-from saga import Saga, SignalReceived, Step, StepContext, TimerFired, WaitForSignal
+from saga import Saga, Step, StepContext, WaitForSignal
+from saga.engine import SignalReceived, TimerFired
 
 from .crash_child import PLANS, saga_id
 from .ledger import Ledger, Record

@@ -19,18 +19,9 @@ import pytest
 from runtime import Runtime, SchemaVersionError, StoreError
 from runtime._pg_schema import SCHEMA_VERSION
 from runtime._pg_store import PostgresStore
-from saga import (
-    InboxItem,
-    LeaseLostError,
-    Notice,
-    Resumed,
-    Saga,
-    StaleStateError,
-    Step,
-    StepContext,
-    UnfinishedSaga,
-    transition,
-)
+from saga import Saga, Step, StepContext
+from saga.engine import Resumed, transition
+from saga.store import InboxItem, LeaseLostError, Notice, StaleStateError, UnfinishedSaga
 from tests.runtime.test_store_contract import (
     GATE,
     PAIR,

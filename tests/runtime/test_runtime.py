@@ -44,26 +44,27 @@ from runtime import (
 from saga import (
     Action,
     Compensation,
-    CompensationFailed,
     CompensationStatus,
     ErrorInfo,
-    Event,
     FailureKind,
-    HistoryEntry,
     NonRetryableError,
-    Recovered,
-    Resumed,
     RetryPolicy,
     Saga,
-    SagaStarted,
-    SagaState,
     Step,
     StepContext,
-    StepFailed,
     StepStatus,
+)
+from saga.engine import (
+    CompensationFailed,
+    Event,
+    Recovered,
+    Resumed,
+    SagaStarted,
+    StepFailed,
     StepSucceeded,
     Suspended,
 )
+from saga.store import HistoryEntry, InboxItem, SagaState
 
 FAST = RetryPolicy(initial_interval=0.001, maximum_interval=0.01, maximum_attempts=3)
 FAST_COMPENSATION = RetryPolicy(
@@ -216,12 +217,19 @@ class ProbeStore(DelegatingStore):
         self.quarantined: list[str] = []
         self._changed = anyio.Event()
 
-    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
         if self.fail_next or (self.broken and not isinstance(event, Suspended)):
             self.fail_next = max(0, self.fail_next - 1)
             self.failures += 1
             raise StoreError("disk on fire")
-        await self.inner.save(state, event, consumed=consumed)
+        await self.inner.save(state, event, consumed=consumed, deliver=deliver)
         self.saved.append((state, event))
         self._notify()
 

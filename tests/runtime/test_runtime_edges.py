@@ -18,7 +18,9 @@ from runtime import (
     SqliteStore,
     StoreError,
 )
-from saga import DueSaga, Saga, Sleep, Step, StepContext, Suspended, WaitForSignal, transition
+from saga import Saga, Sleep, Step, StepContext, WaitForSignal
+from saga.engine import Suspended, transition
+from saga.store import DueSaga
 
 WAIT = 10.0  # bound on anything a test waits for; every wait ends far sooner
 

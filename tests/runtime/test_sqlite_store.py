@@ -20,15 +20,9 @@ from runtime import (
     _sqlite_writer,
 )
 from runtime._schema import MIGRATIONS, SCHEMA_VERSION
-from saga import (
-    ErrorInfo,
-    FailureKind,
-    Recovered,
-    StaleStateError,
-    StepFailed,
-    TimerFired,
-    transition,
-)
+from saga import ErrorInfo, FailureKind
+from saga.engine import Recovered, StepFailed, TimerFired, transition
+from saga.store import StaleStateError
 from tests.runtime.test_store_contract import PAIR, T0, new_saga, step_succeeded
 
 

@@ -33,27 +33,26 @@ from runtime import (
 from runtime._pg_store import PostgresStore
 from saga import (
     ErrorInfo,
-    Event,
     FailureKind,
-    HistoryEntry,
-    InboxItem,
     Saga,
     SagaEndedError,
-    SagaStarted,
-    SagaState,
-    SignalReceived,
     Step,
     StepContext,
-    StepFailed,
     StepStatus,
+    WaitForSignal,
+)
+from saga.engine import (
+    Event,
+    SagaStarted,
+    SignalReceived,
+    StepFailed,
     StepSucceeded,
     StepWaiting,
-    StoredSaga,
     Suspended,
-    WaitForSignal,
     initial_state,
     transition,
 )
+from saga.store import HistoryEntry, InboxItem, SagaState, StoredSaga
 
 AnyStore = SqliteStore | PostgresStore
 Kind = Literal["sqlite", "postgres"]

@@ -16,47 +16,54 @@ import pytest
 from msgspec.structs import replace
 
 from saga import (
-    CancelRequested,
-    Command,
-    CompensationFailed,
     CompensationStatus,
-    CompensationSucceeded,
     Continue,
     DefinitionError,
     ErrorInfo,
-    Event,
     FailureKind,
-    Finish,
-    InvalidTransitionError,
     OnTimeout,
-    Recovered,
-    Resumed,
     RetryPolicy,
-    RunCompensation,
-    RunStep,
     Saga,
     SagaError,
-    SagaStarted,
-    SagaState,
     SagaStatus,
-    ScheduleWakeup,
-    SignalReceived,
     Sleep,
     Step,
     StepContext,
-    StepFailed,
     StepStatus,
+    WaitForSignal,
+)
+from saga.engine import (
+    CancelRequested,
+    Command,
+    CompensationFailed,
+    CompensationSucceeded,
+    Event,
+    Finish,
+    InvalidTransitionError,
+    Recovered,
+    Resumed,
+    RunCompensation,
+    RunStep,
+    SagaStarted,
+    ScheduleWakeup,
+    SignalReceived,
+    StepFailed,
     StepSucceeded,
     StepWaiting,
     Suspended,
     TimerFired,
     Transition,
-    WaitForSignal,
     initial_state,
-    start,
+    timeline,
     transition,
 )
-from saga._timeline import timeline
+from saga.store import SagaState
+
+
+def start(saga: Saga, saga_id: str, at: float) -> Transition:
+    """A new saga's first transition (the driver's `begin` does the same, and stores it)."""
+    return transition(saga, initial_state(saga, saga_id), SagaStarted(at=at))
+
 
 T0 = 1000.0
 BOOM = ErrorInfo(type="Unavailable", message="503")

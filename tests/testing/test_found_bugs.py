@@ -27,17 +27,9 @@ from runtime import (
 )
 from runtime._timers import TimerService
 from runtime.testing import FaultPlan, StoreFault, fault_injection
-from saga import (
-    CompensationSucceeded,
-    DueSaga,
-    Event,
-    NonRetryableError,
-    Recovered,
-    Saga,
-    SagaState,
-    Step,
-    StepContext,
-)
+from saga import NonRetryableError, Saga, Step, StepContext
+from saga.engine import CompensationSucceeded, Event, Recovered
+from saga.store import DueSaga, InboxItem, SagaState
 
 BOOK = order("o1", ("book", 1))
 
@@ -118,10 +110,17 @@ class _RecordsOfCompensationsFail(DelegatingStore):
 
     broken = True
 
-    async def save(self, state: SagaState, event: Event, *, consumed: int | None = None) -> None:
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
         if self.broken and isinstance(event, CompensationSucceeded | Recovered):
             raise StoreError("injected: database or disk is full")
-        await self.inner.save(state, event, consumed=consumed)
+        await self.inner.save(state, event, consumed=consumed, deliver=deliver)
 
 
 class _Declined(NonRetryableError):

@@ -42,20 +42,8 @@ from runtime.testing import (
 from runtime.testing._harness import Limits
 from runtime.testing._journal import Call
 from runtime.testing._plan import STORE_FAULT_KINDS
-from saga import (
-    CompensationFailed,
-    NonRetryableError,
-    Recovered,
-    Resumed,
-    RetryPolicy,
-    Saga,
-    Sleep,
-    Step,
-    StepContext,
-    StepFailed,
-    StepStatus,
-    Suspended,
-)
+from saga import NonRetryableError, RetryPolicy, Saga, Sleep, Step, StepContext, StepStatus
+from saga.engine import CompensationFailed, Recovered, Resumed, StepFailed, Suspended
 
 REPO = Path(__file__).resolve().parents[2]
 BOOK = order("o1", ("book", 1))
