@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar, overload
 
 import anyio
 
@@ -50,7 +50,9 @@ from ._sqlite_store import SqliteStore, Synchronous
 
 logger = logging.getLogger("runtime")
 
-Output = dict[str, Any]
+Output = Any
+"""An ended saga's output: a step list's maps each step's name to its result."""
+OutputT = TypeVar("OutputT")
 
 
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -216,9 +218,19 @@ class Runtime:
             )
         return definition
 
+    @overload
     async def spawn(
-        self, saga: Saga | str, input: Any, *, saga_id: str | None = None
-    ) -> SagaHandle[Output]:
+        self, saga: Saga[Any, OutputT], input: Any, *, saga_id: str | None = None
+    ) -> SagaHandle[OutputT]: ...
+
+    @overload
+    async def spawn(
+        self, saga: str, input: Any, *, saga_id: str | None = None
+    ) -> SagaHandle[Any]: ...
+
+    async def spawn(
+        self, saga: Saga[Any, Any] | str, input: Any, *, saga_id: str | None = None
+    ) -> SagaHandle[Any]:
         """Start a saga and return its handle once the start is durable.
 
         Exactly-once: spawning an existing `saga_id` with the same input
@@ -256,7 +268,7 @@ class Runtime:
         # Else it is durable and nobody's: whichever runtime claims it first runs it.
         return SagaHandle(self, saga_id)
 
-    def handle(self, saga_id: str) -> SagaHandle[Output]:
+    def handle(self, saga_id: str) -> SagaHandle[Any]:
         """A handle on an existing saga (its `result` raises `SagaNotFound` if there is none)."""
         return SagaHandle(self, saga_id)
 
@@ -272,8 +284,10 @@ class Runtime:
         definition = self._definition(stored.saga_name)
         state = stored.state
         if state.partial:  # a code saga: its calls come back from its history
+            # It may have moved on between the two reads: the history up to the snapshot.
+            history = [entry for entry in history if entry.seq <= state.seq]
             state = engine.fold(definition, saga_id, history)
-            if state.seq != stored.state.seq:
+            if state.seq != stored.state.seq or state.stored() != stored.state:
                 raise CorruptSagaError(
                     saga_id,
                     f"its history leads to #{state.seq}, its snapshot is #{stored.state.seq}",

@@ -293,7 +293,7 @@ class SagaActor(Actor[SagaMessage]):
         async def attempt(run: _Run) -> None:
             await send.send(await self._attempt(run))
 
-        async with anyio.create_task_group() as group, receive:
+        async with send, receive, anyio.create_task_group() as group:
             for run in runs:
                 group.start_soon(attempt, run)
             for _ in runs:

@@ -327,6 +327,8 @@ class BodyRun:
 
     def _unreplayed(self, new: str) -> bool:
         """The body ended before reaching every recorded call: that is a divergence too."""
+        if self.diverged is not None:
+            return True  # the first divergence is the one to report
         steps = self.state.steps
         if self._next >= len(steps):
             return False

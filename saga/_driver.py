@@ -181,7 +181,7 @@ async def restore(store: Store, saga: Saga[Any, Any], saga_id: str) -> StoredSag
         check_fits(saga, stored.state)
         return stored
     history = await store.history(saga_id)
-    state = fold(saga, saga_id, history)
+    state = fold(saga, saga_id, [entry for entry in history if entry.seq <= stored.state.seq])
     if state.seq != stored.state.seq or state.stored() != stored.state:
         raise CorruptSagaError(
             saga_id, f"its history leads to snapshot #{state.seq}, not the stored one"
