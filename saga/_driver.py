@@ -25,9 +25,10 @@ from ._definition import Saga
 from ._errors import CorruptSagaError, InvalidTransitionError
 from ._events import Event, Resumed, SagaStarted, Suspended
 from ._hosting import FreshStart
-from ._machine import Transition, initial_state, transition
+from ._machine import initial_state, transition
 from ._model import NULL, ParentRef, SagaState
 from ._store import HistoryEntry, InboxItem, Store, StoredSaga
+from ._transitions import Transition
 
 
 def decide(

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ._clock import Clock
-from ._machine import Transition
 from ._model import ParentRef, SagaState
 from ._store import Store
+from ._transitions import Transition
 
 if TYPE_CHECKING:
     from ._body import BodyRun

@@ -118,15 +118,23 @@ there is none.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 from msgspec.structs import replace
 
 from . import _program as program
-from ._calls import CallKind, Calls, Raised, Reaction, Returned
-from ._commands import Advance, Command, Finish, RunCompensation, RunStep, ScheduleWakeup
+from ._calls import CallKind, Calls, Raised, Returned
+from ._commands import Command, Finish, RunCompensation, RunStep, ScheduleWakeup
+from ._compensation import (
+    compensate,
+    compensation_done,
+    compensation_gave_up,
+    on_compensation_failed,
+    on_compensation_succeeded,
+    on_compensation_waiting,
+)
 from ._definition import Saga
 from ._errors import InvalidTransitionError
 from ._events import (
@@ -147,6 +155,7 @@ from ._events import (
     Suspended,
     TimerFired,
 )
+from ._interruptions import on_recovered, on_resumed, on_suspended
 from ._model import (
     FORWARD,
     LIVE,
@@ -159,30 +168,23 @@ from ._model import (
     StepState,
     StepStatus,
 )
+from ._transitions import (
+    ADVANCE,
+    DEADLINE,
+    FINAL,
+    UNDER_WAY,
+    Reactions,
+    Transition,
+    advance,
+    deadline_passed,
+    reject,
+    saga_error,
+    wake_command,
+    with_step,
+)
 from ._waits import Continue, OnTimeout
 
-
-class Transition(NamedTuple):
-    """The result of `transition`: the next snapshot and the commands to carry out."""
-
-    state: SagaState
-    commands: Sequence[Command]
-
-    @property
-    def needs_reaction(self) -> bool:
-        """The event finished a group of a code saga but lacks the body's reaction."""
-        commands = self.commands
-        return bool(commands) and type(commands[-1]) is Advance
-
-
-_UNDER_WAY = frozenset({StepStatus.RUNNING, StepStatus.RETRYING, StepStatus.WAITING})
-_FINAL = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.AMBIGUOUS})
-_MAY_HAVE_TAKEN_EFFECT = frozenset({StepStatus.SUCCEEDED, StepStatus.AMBIGUOUS})
-_COMPENSATION_UNDER_WAY = frozenset(
-    {CompensationStatus.RUNNING, CompensationStatus.RETRYING, CompensationStatus.WAITING}
-)
 _json = msgspec.json.Encoder().encode
-_ADVANCE = (Advance(),)
 
 
 def initial_state(saga: Saga, saga_id: str) -> SagaState:
@@ -221,54 +223,8 @@ def transition(saga: Saga, state: SagaState, event: Event) -> Transition:
     handler, accepted = row
     phase = "new" if state.seq == 0 else state.status.value
     if phase not in accepted:
-        raise _reject(state, event, f"not accepted when {phase}")
+        raise reject(state, event, f"not accepted when {phase}")
     return handler(saga, state, event)
-
-
-# -- small helpers -----------------------------------------------------------
-
-
-def _advance(state: SagaState, event: Event, **changes: object) -> SagaState:
-    return replace(state, seq=state.seq + 1, updated_at=event.at, **changes)
-
-
-def _with_step(steps: tuple[StepState, ...], index: int, step: StepState) -> tuple[StepState, ...]:
-    return (*steps[:index], step, *steps[index + 1 :])
-
-
-def _reject(state: SagaState, event: Event, why: str) -> InvalidTransitionError:
-    return InvalidTransitionError(
-        f"saga {state.saga_id!r} (status {state.status}, seq {state.seq}): "
-        f"cannot apply {type(event).__name__}: {why}"
-    )
-
-
-def _deadline_passed(state: SagaState, at: float) -> bool:
-    return state.deadline_at is not None and at >= state.deadline_at
-
-
-def _error(kind: str, message: str) -> ErrorInfo:
-    return ErrorInfo(type=f"saga.{kind}", message=message)
-
-
-_DEADLINE = _error("DeadlineExceeded", "the saga's deadline passed")
-
-
-def _wake_command(state: SagaState) -> Sequence[Command]:
-    wake_at = state.wake_at
-    return () if wake_at is None else (ScheduleWakeup(wake_at),)
-
-
-class _Reactions:
-    """The body's reactions an event carries, taken in order by the groups it finishes."""
-
-    __slots__ = ("_left",)
-
-    def __init__(self, event: Event) -> None:
-        self._left: Iterator[Reaction] = iter(getattr(event, "then", ()))
-
-    def next(self) -> Reaction | None:
-        return next(self._left, None)
 
 
 def _forward_status(saga: Saga, state: SagaState) -> tuple[SagaStatus, str | None]:
@@ -297,8 +253,8 @@ def _start_list_group(
 ) -> Transition:
     steps = state.steps
     for index in positions:
-        steps = _with_step(steps, index, _started(steps[index]))
-    new = _advance(
+        steps = with_step(steps, index, _started(steps[index]))
+    new = advance(
         state,
         event,
         status=SagaStatus.RUNNING,
@@ -319,16 +275,16 @@ def _on_started(saga: Saga, state: SagaState, event: SagaStarted) -> Transition:
     if saga.body is None:
         return _start_list_group(saga, state, event, program.list_group(saga, 0), **changes)
     base = replace(state, **changes)
-    return _react(saga, base, event, _Reactions(event))
+    return _react(saga, base, event, Reactions(event))
 
 
-def _react(saga: Saga, state: SagaState, event: Event, reactions: _Reactions) -> Transition:
+def _react(saga: Saga, state: SagaState, event: Event, reactions: Reactions) -> Transition:
     """A code saga's group is final (or it just started): apply the body's next reaction."""
     reaction = reactions.next()
     if reaction is None:
-        return Transition(state, _ADVANCE)
+        return Transition(state, ADVANCE)
     if isinstance(reaction, Returned):
-        new = _advance(
+        new = advance(
             state,
             event,
             status=SagaStatus.COMPLETED,
@@ -338,20 +294,20 @@ def _react(saga: Saga, state: SagaState, event: Event, reactions: _Reactions) ->
         )
         return Transition(new, (Finish(SagaStatus.COMPLETED),))
     if isinstance(reaction, Raised):
-        return _compensate(saga, state, event, reaction.step, reaction.error)
+        return compensate(saga, state, event, reaction.step, reaction.error)
     return _apply_calls(saga, state, event, reaction, reactions)
 
 
 def _apply_calls(
-    saga: Saga, state: SagaState, event: Event, reaction: Calls, reactions: _Reactions
+    saga: Saga, state: SagaState, event: Event, reaction: Calls, reactions: Reactions
 ) -> Transition:
     calls = reaction.calls
     if not calls or not calls[-1].kind.blocks:
-        raise _reject(state, event, "a reaction's calls must end with one the body waits for")
+        raise reject(state, event, "a reaction's calls must end with one the body waits for")
     if any(call.position != len(state.steps) + offset for offset, call in enumerate(calls)):
-        raise _reject(state, event, f"calls out of order after position {len(state.steps)}")
-    if _deadline_passed(state, event.at):
-        return _compensate(saga, state, event, None, _DEADLINE)
+        raise reject(state, event, f"calls out of order after position {len(state.steps)}")
+    if deadline_passed(state, event.at):
+        return compensate(saga, state, event, None, DEADLINE)
     steps = list(state.steps)
     commands: list[Command] = []
     inbox = state.inbox
@@ -374,11 +330,11 @@ def _apply_calls(
                 steps.append(StepState(status=StepStatus.WAITING, wait_until=until, call=call))
     base = replace(state, steps=tuple(steps), inbox=inbox)
     last = calls[-1].position
-    if all(base.steps[index].status in _FINAL for index in program.group(saga, base, last)):
+    if all(base.steps[index].status in FINAL for index in program.group(saga, base, last)):
         return _react(saga, base, event, reactions)  # a signal that was already there
     status, waiting_for = _forward_status(saga, base)
-    new = _advance(base, event, status=status, recoveries=0, waiting_for=waiting_for)
-    return Transition(new, tuple(commands) or _wake_command(new))
+    new = advance(base, event, status=status, recoveries=0, waiting_for=waiting_for)
+    return Transition(new, tuple(commands) or wake_command(new))
 
 
 # -- forward outcomes ----------------------------------------------------------
@@ -386,34 +342,34 @@ def _apply_calls(
 
 def _running_step(state: SagaState, event: StepSucceeded | StepFailed | StepWaiting) -> StepState:
     if not 0 <= event.step < len(state.steps):
-        raise _reject(state, event, f"no step {event.step}")
+        raise reject(state, event, f"no step {event.step}")
     step = state.steps[event.step]
     if step.status is not StepStatus.RUNNING or step.attempts != event.attempt:
-        raise _reject(state, event, f"step {event.step} attempt {event.attempt} is not running")
+        raise reject(state, event, f"step {event.step} attempt {event.attempt} is not running")
     return step
 
 
 def _outcome(
-    saga: Saga, state: SagaState, event: Event, index: int, reactions: _Reactions
+    saga: Saga, state: SagaState, event: Event, index: int, reactions: Reactions
 ) -> Transition:
     """Position `index` (already updated in `state`) reached its final forward outcome."""
     positions = program.group(saga, state, index)
     steps = state.steps
-    if any(steps[member].status in _UNDER_WAY for member in positions):
+    if any(steps[member].status in UNDER_WAY for member in positions):
         status, waiting_for = _forward_status(saga, state)
-        new = _advance(state, event, status=status, recoveries=0, waiting_for=waiting_for)
+        new = advance(state, event, status=status, recoveries=0, waiting_for=waiting_for)
         return Transition(new, ())  # the rest of the group is still under way
     if saga.body is not None:
         return _react(saga, state, event, reactions)
     for member in positions:
         if steps[member].status is not StepStatus.SUCCEEDED:
-            return _compensate(saga, state, event, member, steps[member].error)
+            return compensate(saga, state, event, member, steps[member].error)
     following = program.next_element(saga, index)
     if following is None:
-        new = _advance(state, event, status=SagaStatus.COMPLETED, recoveries=0, waiting_for=None)
+        new = advance(state, event, status=SagaStatus.COMPLETED, recoveries=0, waiting_for=None)
         return Transition(new, (Finish(SagaStatus.COMPLETED),))
-    if _deadline_passed(state, event.at):
-        return _compensate(saga, state, event, None, _DEADLINE)
+    if deadline_passed(state, event.at):
+        return compensate(saga, state, event, None, DEADLINE)
     return _start_list_group(saga, state, event, following)
 
 
@@ -423,7 +379,7 @@ def _succeed(
     event: Event,
     index: int,
     result: msgspec.Raw,
-    reactions: _Reactions,
+    reactions: Reactions,
 ) -> Transition:
     step = state.steps[index]
     done = replace(
@@ -434,7 +390,7 @@ def _succeed(
         wait_until=None,
         interrupted=False,
     )
-    base = replace(state, steps=_with_step(state.steps, index, done))
+    base = replace(state, steps=with_step(state.steps, index, done))
     return _outcome(saga, base, event, index, reactions)
 
 
@@ -445,20 +401,20 @@ def _end_forward(
     index: int,
     status: StepStatus,
     error: ErrorInfo | None,
-    reactions: _Reactions,
+    reactions: Reactions,
 ) -> Transition:
     """Position `index` failed for good: FAILED (definitive) or AMBIGUOUS."""
     step = state.steps[index]
     ended = replace(
         step, status=status, error=error, retry_at=None, wait_until=None, interrupted=False
     )
-    base = replace(state, steps=_with_step(state.steps, index, ended))
+    base = replace(state, steps=with_step(state.steps, index, ended))
     return _outcome(saga, base, event, index, reactions)
 
 
 def _on_step_succeeded(saga: Saga, state: SagaState, event: StepSucceeded) -> Transition:
     _running_step(state, event)
-    return _succeed(saga, state, event, event.step, event.result, _Reactions(event))
+    return _succeed(saga, state, event, event.step, event.result, Reactions(event))
 
 
 def _on_step_failed(saga: Saga, state: SagaState, event: StepFailed) -> Transition:
@@ -467,7 +423,7 @@ def _on_step_failed(saga: Saga, state: SagaState, event: StepFailed) -> Transiti
     if (
         event.kind is FailureKind.TRANSIENT
         and policy.allows_another_attempt(step.attempts)
-        and not _deadline_passed(state, event.at)
+        and not deadline_passed(state, event.at)
     ):
         retry_at = event.at + policy.delay(step.attempts, event.jitter)
         backing_off = replace(
@@ -477,19 +433,19 @@ def _on_step_failed(saga: Saga, state: SagaState, event: StepFailed) -> Transiti
             error=event.error,
             interrupted=False,
         )
-        new = _advance(
-            state, event, steps=_with_step(state.steps, event.step, backing_off), recoveries=0
+        new = advance(
+            state, event, steps=with_step(state.steps, event.step, backing_off), recoveries=0
         )
         return Transition(new, (ScheduleWakeup(new.wake_at or retry_at),))
     outcome = StepStatus.FAILED if event.kind is FailureKind.DEFINITIVE else StepStatus.AMBIGUOUS
-    return _end_forward(saga, state, event, event.step, outcome, event.error, _Reactions(event))
+    return _end_forward(saga, state, event, event.step, outcome, event.error, Reactions(event))
 
 
 def _on_step_waiting(saga: Saga, state: SagaState, event: StepWaiting) -> Transition:
     step = _running_step(state, event)
     kind = program.kind(saga, state, event.step)
     if kind is CallKind.STEP:
-        raise _reject(state, event, f"step {event.step} is not a waiting step")
+        raise reject(state, event, f"step {event.step} is not a waiting step")
     signal = program.signal_name(saga, state, event.step)
     if signal is not None:
         for position, kept in enumerate(state.inbox):
@@ -501,13 +457,13 @@ def _on_step_waiting(saga: Saga, state: SagaState, event: StepWaiting) -> Transi
                     event,
                     event.step,
                     kept.payload,
-                    _Reactions(event),
+                    Reactions(event),
                 )
     waiting = replace(step, status=StepStatus.WAITING, wait_until=event.until, interrupted=False)
-    base = replace(state, steps=_with_step(state.steps, event.step, waiting))
+    base = replace(state, steps=with_step(state.steps, event.step, waiting))
     status, waiting_for = _forward_status(saga, base)
-    new = _advance(base, event, status=status, waiting_for=waiting_for, recoveries=0)
-    return Transition(new, _wake_command(new))
+    new = advance(base, event, status=status, waiting_for=waiting_for, recoveries=0)
+    return Transition(new, wake_command(new))
 
 
 def _waiting_for_signal(saga: Saga, state: SagaState, signal: str) -> int | None:
@@ -521,38 +477,38 @@ def _waiting_for_signal(saga: Saga, state: SagaState, signal: str) -> int | None
 
 def _on_signal(saga: Saga, state: SagaState, event: SignalReceived) -> Transition:
     if state.status.is_terminal or (event.key is not None and event.key in state.signal_keys):
-        return Transition(_advance(state, event), ())  # recorded, and ignored
+        return Transition(advance(state, event), ())  # recorded, and ignored
     keys = state.signal_keys if event.key is None else (*state.signal_keys, event.key)
     index = _waiting_for_signal(saga, state, event.name)
     if index is not None:
         keyed = replace(state, signal_keys=keys)
-        return _succeed(saga, keyed, event, index, event.payload, _Reactions(event))
+        return _succeed(saga, keyed, event, index, event.payload, Reactions(event))
     kept = Signal(name=event.name, payload=event.payload, key=event.key, at=event.at)
-    return Transition(_advance(state, event, signal_keys=keys, inbox=(*state.inbox, kept)), ())
+    return Transition(advance(state, event, signal_keys=keys, inbox=(*state.inbox, kept)), ())
 
 
 def _on_child_ended(saga: Saga, state: SagaState, event: ChildEnded) -> Transition:
     index = event.step
     if state.status.is_terminal or not 0 <= index < len(state.steps):
-        return Transition(_advance(state, event), ())  # late or stray: recorded, ignored
+        return Transition(advance(state, event), ())  # late or stray: recorded, ignored
     step = state.steps[index]
     call = step.call
     if call is None or call.kind is not CallKind.CHILD or call.target != event.child:
-        return Transition(_advance(state, event), ())
+        return Transition(advance(state, event), ())
     if step.compensation in (CompensationStatus.RUNNING, CompensationStatus.WAITING):
         if event.status is SagaStatus.COMPENSATED:
-            return _compensation_done(saga, state, event, index)
+            return compensation_done(saga, state, event, index)
         if event.status is SagaStatus.FAILED:
-            error = event.error or _error("ChildFailed", f"child saga {event.child!r} failed")
-            return _compensation_gave_up(saga, state, event, index, error)
-        return Transition(_advance(state, event), ())
+            error = event.error or saga_error("ChildFailed", f"child saga {event.child!r} failed")
+            return compensation_gave_up(saga, state, event, index, error)
+        return Transition(advance(state, event), ())
     if step.status not in (StepStatus.WAITING, StepStatus.RUNNING) or state.status not in FORWARD:
-        return Transition(_advance(state, event), ())
-    reactions = _Reactions(event)
+        return Transition(advance(state, event), ())
+    reactions = Reactions(event)
     if event.status is SagaStatus.COMPLETED:
         return _succeed(saga, state, event, index, event.result, reactions)
     outcome = StepStatus.FAILED if event.status is SagaStatus.COMPENSATED else StepStatus.AMBIGUOUS
-    error = event.error or _error("ChildEnded", f"child saga {event.child!r} {event.status}")
+    error = event.error or saga_error("ChildEnded", f"child saga {event.child!r} {event.status}")
     return _end_forward(saga, state, event, index, outcome, error, reactions)
 
 
@@ -561,19 +517,21 @@ def _on_child_ended(saga: Saga, state: SagaState, event: ChildEnded) -> Transiti
 
 def _on_cancel(saga: Saga, state: SagaState, event: CancelRequested) -> Transition:
     if state.status not in FORWARD:
-        return Transition(_advance(state, event), ())  # already rolling back, or ended
-    return _stop_forward(saga, state, event, _error("Cancelled", event.reason), event.not_started)
+        return Transition(advance(state, event), ())  # already rolling back, or ended
+    return _stop_forward(
+        saga, state, event, saga_error("Cancelled", event.reason), event.not_started
+    )
 
 
 def _on_compensate_requested(
     saga: Saga, state: SagaState, event: CompensateRequested
 ) -> Transition:
-    error = _error("CompensatedByParent", event.reason)
+    error = saga_error("CompensatedByParent", event.reason)
     if state.status in FORWARD:
         return _stop_forward(saga, state, event, error, event.not_started)
     if state.status is SagaStatus.COMPLETED:
-        return _compensate(saga, state, event, None, error)
-    new = _advance(state, event)
+        return compensate(saga, state, event, None, error)
+    new = advance(state, event)
     if state.status.is_terminal:  # undone or failed already: say so again
         return Transition(new, (Finish(state.status),))
     return Transition(new, ())  # compensating: carries on
@@ -600,7 +558,7 @@ def _stop_forward(
     steps = state.steps
     first: int | None = None
     for index, step in enumerate(steps):
-        if step.status not in _UNDER_WAY:
+        if step.status not in UNDER_WAY:
             continue
         first = index if first is None else first
         waits = program.kind(saga, state, index) in (CallKind.SLEEP, CallKind.SIGNAL)
@@ -617,156 +575,18 @@ def _stop_forward(
                 error=error,
                 interrupted=False,
             )
-        steps = _with_step(steps, index, ended)
-    return _compensate(saga, replace(state, steps=steps), event, first, error)
-
-
-# -- compensation ----------------------------------------------------------------
-
-
-def _compensate(
-    saga: Saga, state: SagaState, event: Event, failed_step: int | None, failure: ErrorInfo | None
-) -> Transition:
-    """Begin compensation (`state`'s steps already updated, not yet advanced)."""
-    base = _advance(
-        state,
-        event,
-        status=SagaStatus.COMPENSATING,
-        failed_step=failed_step,
-        failure=failure,
-        recoveries=0,
-        waiting_for=None,
-    )
-    return _compensate_next(saga, base)
-
-
-def _to_compensate(saga: Saga, state: SagaState, index: int) -> bool:
-    step = state.steps[index]
-    return (
-        step.status in _MAY_HAVE_TAKEN_EFFECT
-        and step.compensation is CompensationStatus.NONE
-        and program.compensable(saga, state, index)
-    )
-
-
-def _compensate_next(saga: Saga, state: SagaState) -> Transition:
-    """Start the next group's compensations (`state` already advanced), or finish."""
-    steps = state.steps
-    if any(step.compensation in _COMPENSATION_UNDER_WAY for step in steps):
-        return Transition(state, _wake_command(state))  # the rest of this group goes on
-    if any(step.compensation is CompensationStatus.FAILED for step in steps):
-        done = replace(state, status=SagaStatus.FAILED)
-        return Transition(done, (Finish(SagaStatus.FAILED),))
-    target = next(
-        (index for index in range(len(steps) - 1, -1, -1) if _to_compensate(saga, state, index)),
-        None,
-    )
-    if target is None:
-        done = replace(state, status=SagaStatus.COMPENSATED)
-        return Transition(done, (Finish(SagaStatus.COMPENSATED),))
-    members = [i for i in program.group(saga, state, target) if _to_compensate(saga, state, i)]
-    for index in members:
-        running = replace(
-            steps[index], compensation=CompensationStatus.RUNNING, compensation_attempts=1
-        )
-        steps = _with_step(steps, index, running)
-    new = replace(state, steps=steps)
-    return Transition(new, tuple(RunCompensation(index, 1) for index in members))
-
-
-def _compensating_step(
-    state: SagaState, event: CompensationSucceeded | CompensationFailed | CompensationWaiting
-) -> StepState:
-    if not 0 <= event.step < len(state.steps):
-        raise _reject(state, event, f"no step {event.step}")
-    step = state.steps[event.step]
-    if (
-        step.compensation is not CompensationStatus.RUNNING
-        or step.compensation_attempts != event.attempt
-    ):
-        raise _reject(
-            state, event, f"compensation of step {event.step} attempt {event.attempt} not running"
-        )
-    return step
-
-
-def _compensation_done(saga: Saga, state: SagaState, event: Event, index: int) -> Transition:
-    step = state.steps[index]
-    done = replace(step, compensation=CompensationStatus.COMPENSATED, compensation_retry_at=None)
-    base = _advance(state, event, steps=_with_step(state.steps, index, done), recoveries=0)
-    return _compensate_next(saga, base)
-
-
-def _compensation_gave_up(
-    saga: Saga, state: SagaState, event: Event, index: int, error: ErrorInfo
-) -> Transition:
-    step = state.steps[index]
-    failed = replace(step, compensation=CompensationStatus.FAILED, compensation_error=error)
-    base = _advance(state, event, steps=_with_step(state.steps, index, failed), recoveries=0)
-    return _compensate_next(saga, base)
-
-
-def _on_compensation_succeeded(
-    saga: Saga, state: SagaState, event: CompensationSucceeded
-) -> Transition:
-    _compensating_step(state, event)
-    return _compensation_done(saga, state, event, event.step)
-
-
-def _on_compensation_failed(saga: Saga, state: SagaState, event: CompensationFailed) -> Transition:
-    step = _compensating_step(state, event)
-    policy = program.compensation_retry(saga, state, event.step)
-    if event.kind is FailureKind.TRANSIENT and policy.allows_another_attempt(
-        step.compensation_attempts
-    ):
-        retry_at = event.at + policy.delay(step.compensation_attempts, event.jitter)
-        backing_off = replace(
-            step,
-            compensation=CompensationStatus.RETRYING,
-            compensation_retry_at=retry_at,
-            compensation_error=event.error,
-        )
-        new = _advance(
-            state, event, steps=_with_step(state.steps, event.step, backing_off), recoveries=0
-        )
-        return Transition(new, (ScheduleWakeup(new.wake_at or retry_at),))
-    return _compensation_gave_up(saga, state, event, event.step, event.error)
-
-
-def _on_compensation_waiting(
-    saga: Saga, state: SagaState, event: CompensationWaiting
-) -> Transition:
-    step = _compensating_step(state, event)
-    waiting = replace(step, compensation=CompensationStatus.WAITING)
-    new = _advance(state, event, steps=_with_step(state.steps, event.step, waiting))
-    return Transition(new, ())
+        steps = with_step(steps, index, ended)
+    return compensate(saga, replace(state, steps=steps), event, first, error)
 
 
 # -- time: retries, waits, deadlines ---------------------------------------------
 
 
-def _in_flight(state: SagaState) -> tuple[Command, ...]:
-    """The commands whose intents are durable but whose outcomes are not."""
-    if state.status is SagaStatus.RUNNING:
-        return tuple(
-            RunStep(index, step.attempts)
-            for index, step in enumerate(state.steps)
-            if step.status is StepStatus.RUNNING
-        )
-    if state.status is SagaStatus.COMPENSATING:
-        return tuple(
-            RunCompensation(index, step.compensation_attempts)
-            for index, step in enumerate(state.steps)
-            if step.compensation is CompensationStatus.RUNNING
-        )
-    return ()
-
-
 def _on_timer(saga: Saga, state: SagaState, event: TimerFired) -> Transition:
     if state.status not in LIVE or state.in_flight:
         return Transition(state, ())
-    if state.status in FORWARD and _deadline_passed(state, event.at):
-        return _stop_forward(saga, state, event, _DEADLINE, None)
+    if state.status in FORWARD and deadline_passed(state, event.at):
+        return _stop_forward(saga, state, event, DEADLINE, None)
     steps = state.steps
     commands: list[Command] = []
     for index, step in enumerate(state.steps):
@@ -778,7 +598,7 @@ def _on_timer(saga: Saga, state: SagaState, event: TimerFired) -> Transition:
                 again = replace(
                     step, status=StepStatus.RUNNING, attempts=step.attempts + 1, retry_at=None
                 )
-                steps = _with_step(steps, index, again)
+                steps = with_step(steps, index, again)
                 commands.append(RunStep(index, again.attempts))
         elif (
             step.compensation is CompensationStatus.RETRYING
@@ -792,18 +612,18 @@ def _on_timer(saga: Saga, state: SagaState, event: TimerFired) -> Transition:
                 compensation_attempts=attempt,
                 compensation_retry_at=None,
             )
-            steps = _with_step(steps, index, again)
+            steps = with_step(steps, index, again)
             commands.append(RunCompensation(index, attempt))
     if not commands:
-        return Transition(state, _wake_command(state))  # early or stale: wait on
-    return Transition(_advance(state, event, steps=steps), tuple(commands))
+        return Transition(state, wake_command(state))  # early or stale: wait on
+    return Transition(advance(state, event, steps=steps), tuple(commands))
 
 
 def _wait_over(saga: Saga, state: SagaState, event: TimerFired, index: int) -> Transition:
     """The wait at `index` reached its time: a sleep ends; a signal wait times out."""
     step = state.steps[index]
     assert step.wait_until is not None
-    reactions = _Reactions(event)
+    reactions = Reactions(event)
     if program.is_sleep(saga, state, index):
         return _succeed(saga, state, event, index, msgspec.Raw(_json(step.wait_until)), reactions)
     on_timeout, default = program.on_timeout(saga, state, index)
@@ -812,98 +632,20 @@ def _wait_over(saga: Saga, state: SagaState, event: TimerFired, index: int) -> T
         return _succeed(saga, state, event, index, msgspec.Raw(default), reactions)
     signal = program.signal_name(saga, state, index)
     limit = program.timeout_of(saga, state, index)
-    error = _error("SignalTimeout", f"no {signal!r} signal within {limit} s")
+    error = saga_error("SignalTimeout", f"no {signal!r} signal within {limit} s")
     if on_timeout is OnTimeout.FAIL:
         failed = replace(step, status=StepStatus.FAILED, wait_until=None, error=error)
-        new = _advance(
+        new = advance(
             state,
             event,
             status=SagaStatus.FAILED,
-            steps=_with_step(state.steps, index, failed),
+            steps=with_step(state.steps, index, failed),
             failed_step=index,
             failure=error,
             waiting_for=None,
         )
         return Transition(new, (Finish(SagaStatus.FAILED),))
     return _end_forward(saga, state, event, index, StepStatus.FAILED, error, reactions)
-
-
-# -- interruptions: recovery, suspension -------------------------------------------
-
-
-def _carry_on(state: SagaState) -> Sequence[Command]:
-    """What to do for a live saga loaded from its snapshot, with no new event."""
-    return _in_flight(state) or _wake_command(state)
-
-
-def _mark_interrupted(state: SagaState) -> tuple[StepState, ...]:
-    """In-flight forward intents outlive this interruption: their actions may have run."""
-    if state.status is not SagaStatus.RUNNING:
-        return state.steps
-    return tuple(
-        replace(step, interrupted=True)
-        if step.status is StepStatus.RUNNING and not step.interrupted
-        else step
-        for step in state.steps
-    )
-
-
-def _on_recovered(saga: Saga, state: SagaState, event: Recovered) -> Transition:
-    if state.status not in LIVE:
-        return Transition(state, ())
-    in_flight = _in_flight(state)
-    if not in_flight:
-        return Transition(state, _carry_on(state))
-    recoveries = state.recoveries + 1
-    if recoveries > event.max_recoveries:
-        reason = (
-            f"recovered {recoveries} times in a row while {_describe(in_flight[0])} "
-            "was in flight, without progress"
-        )
-        return _suspend(state, event, reason, recoveries=recoveries)
-    # The interrupted attempt runs again with the same number: a crash is
-    # not the step's failure and costs nothing from its retry budget.
-    new = _advance(state, event, recoveries=recoveries, steps=_mark_interrupted(state))
-    return Transition(new, in_flight)
-
-
-def _describe(command: Command) -> str:
-    if isinstance(command, RunStep):
-        return f"step {command.step} attempt {command.attempt}"
-    if isinstance(command, RunCompensation):
-        return f"the compensation of step {command.step}"
-    return repr(command)  # pragma: no cover
-
-
-def _suspend(state: SagaState, event: Event, reason: str, **changes: object) -> Transition:
-    new = _advance(
-        state,
-        event,
-        status=SagaStatus.SUSPENDED,
-        suspended_reason=reason,
-        resume_status=state.status,
-        **changes,
-    )
-    return Transition(new, (Finish(SagaStatus.SUSPENDED),))
-
-
-def _on_suspended(saga: Saga, state: SagaState, event: Suspended) -> Transition:
-    return _suspend(state, event, event.reason)
-
-
-def _on_resumed(saga: Saga, state: SagaState, event: Resumed) -> Transition:
-    if state.resume_status is None:
-        raise _reject(state, event, "it has no status to resume")
-    new = _advance(
-        state,
-        event,
-        status=state.resume_status,
-        resume_status=None,
-        suspended_reason=None,
-        recoveries=0,
-        steps=_mark_interrupted(replace(state, status=state.resume_status)),
-    )
-    return Transition(new, _carry_on(new))
 
 
 _Handler = Callable[[Saga, SagaState, Any], Transition]
@@ -921,13 +663,13 @@ _TABLE: dict[type[Event], tuple[_Handler, frozenset[str]]] = {
     CancelRequested: (_on_cancel, _LIVE_OR_ENDED),
     CompensateRequested: (_on_compensate_requested, _LIVE_OR_ENDED),
     ChildEnded: (_on_child_ended, _LIVE_OR_ENDED),
-    CompensationSucceeded: (_on_compensation_succeeded, frozenset({_COMP})),
-    CompensationFailed: (_on_compensation_failed, frozenset({_COMP})),
-    CompensationWaiting: (_on_compensation_waiting, frozenset({_COMP})),
+    CompensationSucceeded: (on_compensation_succeeded, frozenset({_COMP})),
+    CompensationFailed: (on_compensation_failed, frozenset({_COMP})),
+    CompensationWaiting: (on_compensation_waiting, frozenset({_COMP})),
     TimerFired: (_on_timer, _LIVE_OR_ENDED | {_SUSP}),
-    Recovered: (_on_recovered, _LIVE_OR_ENDED | {_SUSP}),
-    Suspended: (_on_suspended, frozenset({_RUN, _WAIT, _COMP})),
-    Resumed: (_on_resumed, frozenset({_SUSP})),
+    Recovered: (on_recovered, _LIVE_OR_ENDED | {_SUSP}),
+    Suspended: (on_suspended, frozenset({_RUN, _WAIT, _COMP})),
+    Resumed: (on_resumed, frozenset({_SUSP})),
 }
 """The transition table as data: each event type's handler and the statuses that accept it
 (checked in `transition`; the module docstring's matrix is tested against it)."""

@@ -44,11 +44,12 @@ from ._events import (
     TimerFired,
 )
 from ._hosting import FreshStart, Nudge, Nudges, SagaActorDeps, SagaMessage, WakeUp
-from ._machine import Transition, accepted_statuses, initial_state, transition
+from ._machine import accepted_statuses, initial_state, transition
 from ._payload import decode_payload, encode_payload
 from ._program import kind as kind_of
 from ._program import label
 from ._timeline import timeline
+from ._transitions import Transition
 
 __all__ = (
     # the machine
