@@ -51,7 +51,7 @@ def test_the_documented_matrix_is_the_table() -> None:
 
 def test_every_event_type_has_a_row() -> None:
     documented = set(_documented_matrix())
-    assert documented == {event.__name__ for event in Event.__args__}  # type: ignore[attr-defined]
+    assert documented == {event.__name__ for event in Event.__args__}
 
 
 def test_every_row_of_the_effect_table_names_a_real_event() -> None:
@@ -59,7 +59,7 @@ def test_every_row_of_the_effect_table_names_a_real_event() -> None:
     assert doc is not None
     effects = doc.split("Transition table (status, event -> effect)", 1)[1]
     names = set(re.findall(r"\b([A-Z][a-z]+(?:[A-Z][a-z]+)+)\b", effects))
-    events = {event.__name__ for event in Event.__args__}  # type: ignore[attr-defined]
+    events = {event.__name__ for event in Event.__args__}
     named_events = {name for name in names if name.endswith(("ed", "Fired", "Requested"))}
     assert named_events <= events | {"StepFailedError", "InvalidTransitionError"}, (
         named_events - events
