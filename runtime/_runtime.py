@@ -248,7 +248,7 @@ class Runtime:
         elif not isinstance(saga_id, str) or not saga_id.strip():
             raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r}")
         _check_text(saga_id, "saga_id")
-        data = encode_payload(input, "input of saga", definition.name)
+        data = encode_payload(input, "input of saga", definition.name, decoded_next=True)
         decoded = decode_payload(data, definition.input_type, "input of saga", definition.name)
         begun = self._host.begin(definition, saga_id, data, decoded)
         existing = await self._store.create(begun.stored, begun.event)

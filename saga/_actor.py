@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import anyio
@@ -110,7 +110,7 @@ class SagaActor(Actor[SagaMessage]):
             self._state = fresh.transition.state
             self._input = fresh.decoded if fresh.has_decoded else self._decode_input(fresh.input)
             self._run = fresh.run
-            if not await self._replay():
+            if self._saga.body is not None and not await self._replay():
                 return
             if fresh.resumed:
                 # A cancellation waiting in the inbox keeps the in-flight step from running again.
@@ -261,19 +261,29 @@ class SagaActor(Actor[SagaMessage]):
     async def _carry_out(self, commands: Sequence[Command]) -> None:
         """Carry out `commands`, and those that the outcomes of the runs among them bring."""
         while commands and not self._dropped:
-            runs: list[_Run] = []
-            for command in commands:
-                if isinstance(command, RunStep | RunCompensation):
-                    runs.append(command)
-                elif isinstance(command, Finish):
-                    # Waiters (and a child's parent) hear of the end; an inbox item
-                    # that arrived meanwhile is still applied by `_drive`.
-                    self.stop()
-                    await self._deps.on_stopped(self._saga_id, self.state)
+            if len(commands) == 1:  # the usual case: one step, one compensation, or the end
+                command = commands[0]
+                if type(command) is RunStep and not self._nudges.cancel:
+                    outcome = await self._run_step(command.step, command.attempt)
+                    commands = await self._apply(outcome)
+                    continue
+                if type(command) is Finish:
+                    await self._finish()
                     return
-            if not runs:
-                return
-            if self._nudges.cancel and isinstance(runs[0], RunStep):
+                if type(command) is not RunStep and type(command) is not RunCompensation:
+                    return
+                runs: list[_Run] = [command]
+            else:
+                runs = []
+                for command in commands:
+                    if isinstance(command, RunStep | RunCompensation):
+                        runs.append(command)
+                    elif type(command) is Finish:
+                        await self._finish()
+                        return
+                if not runs:
+                    return
+            if self._nudges.cancel and type(runs[0]) is RunStep:
                 # A cancellation is durable: start no forward step; the machine decides,
                 # when the cancellation is applied, which of them never ran.
                 self._not_started.extend(run.step for run in runs)
@@ -283,6 +293,12 @@ class SagaActor(Actor[SagaMessage]):
                 commands = await self._apply(await self._attempt(runs[0]))
             else:
                 commands = await self._attempt_all(runs)
+
+    async def _finish(self) -> None:
+        # Waiters (and a child's parent) hear of the end; an inbox item that arrived
+        # meanwhile is still applied by `_drive`.
+        self.stop()
+        await self._deps.on_stopped(self._saga_id, self.state)
 
     async def _attempt_all(self, runs: list[_Run]) -> Sequence[Command]:
         """Run a group's attempts concurrently, applying each outcome as it comes; the
@@ -301,7 +317,7 @@ class SagaActor(Actor[SagaMessage]):
         return follow
 
     async def _attempt(self, run: _Run) -> Event:
-        if isinstance(run, RunStep):
+        if type(run) is RunStep:
             return await self._run_step(run.step, run.attempt)
         return await self._run_compensation(run.step, run.attempt)
 
@@ -327,24 +343,26 @@ class SagaActor(Actor[SagaMessage]):
             return self._saga.steps[index]
         return self._run.live(index)
 
-    def _context(self, index: int, attempt: int, *, compensating: bool) -> StepContext:
-        call = self._call(index)
-        label = call.name if isinstance(call, Step) else call.label
-        key = f"{self._saga_id}:{label}"
+    def _context(
+        self, index: int, attempt: int, call: Step | PendingCall[Any], *, compensating: bool
+    ) -> StepContext:
+        key = f"{self._saga_id}:{call.name if self._run is None else self.label_of(index)}"
         return StepContext(
             saga_id=self._saga_id,
             step=call.name,
             attempt=attempt,
             idempotency_key=f"{key}:compensate" if compensating else key,
-            results=_EarlierResults(self._result, self._label, self.state),
+            results=_EarlierResults(self, self.state),
             compensating=compensating,
         )
 
-    def _label(self, index: int) -> str:
+    def label_of(self, index: int) -> str:
+        """Position `index`'s name in results and keys: a code saga's k-th call `name#k`."""
         call = self.state.steps[index].call
         return self._saga.steps[index].name if call is None else call.label
 
-    def _result(self, index: int, state: SagaState | None = None) -> Any:
+    def result_of(self, index: int, state: SagaState | None = None) -> Any:
+        """Position `index`'s recorded result, decoded (once)."""
         if index not in self._results:
             call = self._call(index)
             raw = (state or self.state).steps[index].result
@@ -362,9 +380,17 @@ class SagaActor(Actor[SagaMessage]):
 
     async def _run_step(self, index: int, attempt: int) -> Event:
         """One attempt of a forward step (or a code saga's child call)."""
-        call = self._call(index)
-        ctx = self._context(index, attempt, compensating=False)
+        call = self._saga.steps[index] if self._run is None else self._run.live(index)
+        ctx = self._context(index, attempt, call, compensating=False)
         clock = self._deps.clock
+        if isinstance(call, Step) and call.wait is None:
+            # A step list's plain step, the usual case: the action gets the saga input.
+            self._nudges.in_step += 1
+            try:
+                args = (self._input,)
+                return await attempt_step(call, index, ctx, args, clock.now, self._deps.rng)
+            finally:
+                self._nudges.in_step -= 1
         if isinstance(call, PendingCall) and call.kind is CallKind.CHILD:
             return await self._start_child(index, attempt, call)
         if isinstance(call, Step) and call.wait is not None:
@@ -400,10 +426,9 @@ class SagaActor(Actor[SagaMessage]):
         call = self._call(index)
         if isinstance(call, PendingCall) and call.kind is CallKind.CHILD:
             return await self._compensate_child(index, attempt, call)
-        recorded = (
-            self._result(index) if self.state.steps[index].status is StepStatus.SUCCEEDED else None
-        )
-        ctx = self._context(index, attempt, compensating=True)
+        succeeded = self.state.steps[index].status is StepStatus.SUCCEEDED
+        recorded = self.result_of(index) if succeeded else None
+        ctx = self._context(index, attempt, call, compensating=True)
         args = (*self._args(index, call), recorded)
         return await attempt_compensation(
             call, index, ctx, args, self._deps.clock.now, self._deps.rng
@@ -448,23 +473,18 @@ class _EarlierResults(Mapping[str, Any]):
     """`StepContext.results`: the results of the positions that succeeded, as of one
     snapshot, by name (a code saga's: `name#k` after the first), decoded when first read."""
 
-    __slots__ = ("_decoded", "_label", "_result", "_state")
+    __slots__ = ("_actor", "_decoded", "_state")
 
-    def __init__(
-        self,
-        result: Callable[[int, SagaState], Any],
-        label: Callable[[int], str],
-        state: SagaState,
-    ) -> None:
-        self._result = result
-        self._label = label
+    def __init__(self, actor: SagaActor, state: SagaState) -> None:
+        self._actor = actor
         self._state = state
         self._decoded: dict[str, Any] | None = None
 
     def _all(self) -> dict[str, Any]:
         if self._decoded is None:
+            actor = self._actor
             self._decoded = {
-                self._label(index): self._result(index, self._state)
+                actor.label_of(index): actor.result_of(index, self._state)
                 for index, step_state in enumerate(self._state.steps)
                 if step_state.status is StepStatus.SUCCEEDED
                 and (step_state.call is None or step_state.call.kind is CallKind.STEP)

@@ -182,10 +182,12 @@ class Saga(Generic[InputT, OutputT]):
         "_index",
         "body",
         "deadline",
+        "element_at",
         "elements",
         "group_of",
         "input_type",
         "name",
+        "next_element_at",
         "output_type",
         "signals",
         "signals_declared",
@@ -244,6 +246,8 @@ class Saga(Generic[InputT, OutputT]):
             self.steps: tuple[Step, ...] = ()
             self.elements: tuple[tuple[int, ...], ...] = ()
             self.group_of: tuple[int | None, ...] = ()
+            self.element_at: tuple[range, ...] = ()
+            self.next_element_at: tuple[range | None, ...] = ()
             self._index: dict[str, int] = {}
             self.signals: dict[str, Any] = dict(signals or {})
             self.signals_declared = signals is not None
@@ -294,6 +298,15 @@ class Saga(Generic[InputT, OutputT]):
         self.steps = tuple(flat)
         self.elements = tuple(positions)
         self.group_of = tuple(group_of)
+        # Per position: its element's positions, and the next element's (the machine's
+        # hot path asks for them at every step).
+        ranges = [range(element[0], element[-1] + 1) for element in positions]
+        self.element_at = tuple(ranges[k] for k, element in enumerate(positions) for _ in element)
+        self.next_element_at = tuple(
+            ranges[k + 1] if k + 1 < len(ranges) else None
+            for k, element in enumerate(positions)
+            for _ in element
+        )
         self.signals = signals
         self.signals_declared = True
         self._index = index

@@ -37,7 +37,7 @@ def decide(
     """The transition of `state` by `event`, with the body's reactions folded into the event
     when the machine needs them. Returns the transition and the event to record."""
     outcome = transition(saga, state, event)
-    if not outcome.needs_reaction:
+    if saga.body is None or not outcome.needs_reaction:
         return outcome, event
     if run is None:
         raise InvalidTransitionError(
@@ -66,9 +66,12 @@ async def commit(
     Returns once durable. A child saga that ends tells its parent in the same
     transaction (`report`). Raises what `Store.save` raises.
     """
-    outcome, event = decide(saga, state, event, run)
+    if saga.body is None:  # a step list never needs a body's reaction: the hot path
+        outcome = transition(saga, state, event)
+    else:
+        outcome, event = decide(saga, state, event, run)
     if outcome.state is not state:
-        deliver = report(outcome)
+        deliver = None if outcome.state.parent is None else report(outcome)
         if deliver is None:
             await store.save(outcome.state, event, consumed=consumed)
         else:

@@ -118,6 +118,7 @@ there is none.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -197,15 +198,10 @@ def initial_state(saga: Saga, saga_id: str) -> SagaState:
     )
 
 
-_PENDING: dict[int, tuple[StepState, ...]] = {}
-
-
+@functools.cache
 def _pending_steps(count: int) -> tuple[StepState, ...]:
     # StepStates are frozen: every new saga of a definition can share one tuple.
-    steps = _PENDING.get(count)
-    if steps is None:
-        steps = _PENDING[count] = tuple(StepState() for _ in range(count))
-    return steps
+    return tuple(StepState() for _ in range(count))
 
 
 def transition(saga: Saga, state: SagaState, event: Event) -> Transition:
@@ -221,7 +217,8 @@ def transition(saga: Saga, state: SagaState, event: Event) -> Transition:
     if row is None:  # pragma: no cover - Event is a closed union
         raise InvalidTransitionError(f"unknown event {event!r}")
     handler, accepted = row
-    phase = "new" if state.seq == 0 else state.status.value
+    # A StrEnum member hashes as its string: the status itself is the key.
+    phase = "new" if state.seq == 0 else state.status
     if phase not in accepted:
         raise reject(state, event, f"not accepted when {phase}")
     return handler(saga, state, event)
@@ -248,12 +245,28 @@ def _started(step: StepState) -> StepState:
     return StepState(status=StepStatus.RUNNING, attempts=1, call=step.call)
 
 
+_STARTED = StepState(status=StepStatus.RUNNING, attempts=1)
+"""A step list's step when its first attempt starts (frozen: shared)."""
+
+
 def _start_list_group(
-    saga: Saga, state: SagaState, event: Event, positions: range, **changes: object
+    saga: Saga,
+    state: SagaState,
+    event: Event,
+    positions: range,
+    steps: tuple[StepState, ...] | None = None,
+    **changes: object,
 ) -> Transition:
-    steps = state.steps
-    for index in positions:
-        steps = with_step(steps, index, _started(steps[index]))
+    """Start a step list's next element (`steps`: `state`'s, already updated)."""
+    steps = state.steps if steps is None else steps
+    if len(positions) == 1:  # the usual case: one step, no loop
+        index = positions.start
+        steps = with_step(steps, index, _STARTED)
+        commands: tuple[Command, ...] = (RunStep(index, 1),)
+    else:
+        for index in positions:
+            steps = with_step(steps, index, _started(steps[index]))
+        commands = tuple(RunStep(index, 1) for index in positions)
     new = advance(
         state,
         event,
@@ -263,7 +276,7 @@ def _start_list_group(
         waiting_for=None,
         **changes,
     )
-    return Transition(new, tuple(RunStep(index, 1) for index in positions))
+    return Transition(new, commands)
 
 
 def _on_started(saga: Saga, state: SagaState, event: SagaStarted) -> Transition:
@@ -273,13 +286,16 @@ def _on_started(saga: Saga, state: SagaState, event: SagaStarted) -> Transition:
         "parent": event.parent,
     }
     if saga.body is None:
-        return _start_list_group(saga, state, event, program.list_group(saga, 0), **changes)
+        first = program.list_group(saga, 0)
+        return _start_list_group(saga, state, event, first, None, **changes)
     base = replace(state, **changes)
-    return _react(saga, base, event, Reactions(event))
+    return _react(saga, base, event, None)
 
 
-def _react(saga: Saga, state: SagaState, event: Event, reactions: Reactions) -> Transition:
+def _react(saga: Saga, state: SagaState, event: Event, reactions: Reactions | None) -> Transition:
     """A code saga's group is final (or it just started): apply the body's next reaction."""
+    if reactions is None:
+        reactions = Reactions(event)
     reaction = reactions.next()
     if reaction is None:
         return Transition(state, ADVANCE)
@@ -350,27 +366,35 @@ def _running_step(state: SagaState, event: StepSucceeded | StepFailed | StepWait
 
 
 def _outcome(
-    saga: Saga, state: SagaState, event: Event, index: int, reactions: Reactions
+    saga: Saga,
+    state: SagaState,
+    steps: tuple[StepState, ...],
+    event: Event,
+    index: int,
+    reactions: Reactions | None = None,
 ) -> Transition:
-    """Position `index` (already updated in `state`) reached its final forward outcome."""
-    positions = program.group(saga, state, index)
-    steps = state.steps
-    if any(steps[member].status in UNDER_WAY for member in positions):
-        status, waiting_for = _forward_status(saga, state)
-        new = advance(state, event, status=status, recoveries=0, waiting_for=waiting_for)
+    """Position `index` reached its final forward outcome (`steps`: `state`'s, updated)."""
+    positions = saga.element_at[index] if saga.body is None else program.group(saga, state, index)
+    if len(positions) > 1 and any(steps[member].status in UNDER_WAY for member in positions):
+        base = replace(state, steps=steps)
+        status, waiting_for = _forward_status(saga, base)
+        new = advance(base, event, status=status, recoveries=0, waiting_for=waiting_for)
         return Transition(new, ())  # the rest of the group is still under way
     if saga.body is not None:
-        return _react(saga, state, event, reactions)
+        return _react(saga, replace(state, steps=steps), event, reactions)
     for member in positions:
         if steps[member].status is not StepStatus.SUCCEEDED:
-            return compensate(saga, state, event, member, steps[member].error)
-    following = program.next_element(saga, index)
+            failed = replace(state, steps=steps)
+            return compensate(saga, failed, event, member, steps[member].error)
+    following = saga.next_element_at[index]
     if following is None:
-        new = advance(state, event, status=SagaStatus.COMPLETED, recoveries=0, waiting_for=None)
+        new = advance(
+            state, event, status=SagaStatus.COMPLETED, steps=steps, recoveries=0, waiting_for=None
+        )
         return Transition(new, (Finish(SagaStatus.COMPLETED),))
-    if deadline_passed(state, event.at):
-        return compensate(saga, state, event, None, DEADLINE)
-    return _start_list_group(saga, state, event, following)
+    if state.deadline_at is not None and event.at >= state.deadline_at:
+        return compensate(saga, replace(state, steps=steps), event, None, DEADLINE)
+    return _start_list_group(saga, state, event, following, steps)
 
 
 def _succeed(
@@ -379,7 +403,7 @@ def _succeed(
     event: Event,
     index: int,
     result: msgspec.Raw,
-    reactions: Reactions,
+    reactions: Reactions | None = None,
 ) -> Transition:
     step = state.steps[index]
     done = replace(
@@ -390,8 +414,7 @@ def _succeed(
         wait_until=None,
         interrupted=False,
     )
-    base = replace(state, steps=with_step(state.steps, index, done))
-    return _outcome(saga, base, event, index, reactions)
+    return _outcome(saga, state, with_step(state.steps, index, done), event, index, reactions)
 
 
 def _end_forward(
@@ -401,20 +424,28 @@ def _end_forward(
     index: int,
     status: StepStatus,
     error: ErrorInfo | None,
-    reactions: Reactions,
+    reactions: Reactions | None = None,
 ) -> Transition:
     """Position `index` failed for good: FAILED (definitive) or AMBIGUOUS."""
     step = state.steps[index]
     ended = replace(
         step, status=status, error=error, retry_at=None, wait_until=None, interrupted=False
     )
-    base = replace(state, steps=with_step(state.steps, index, ended))
-    return _outcome(saga, base, event, index, reactions)
+    return _outcome(saga, state, with_step(state.steps, index, ended), event, index, reactions)
 
 
 def _on_step_succeeded(saga: Saga, state: SagaState, event: StepSucceeded) -> Transition:
-    _running_step(state, event)
-    return _succeed(saga, state, event, event.step, event.result, Reactions(event))
+    step = _running_step(state, event)
+    index = event.step
+    done = replace(
+        step,
+        status=StepStatus.SUCCEEDED,
+        result=event.result,
+        retry_at=None,
+        wait_until=None,
+        interrupted=False,
+    )
+    return _outcome(saga, state, with_step(state.steps, index, done), event, index)
 
 
 def _on_step_failed(saga: Saga, state: SagaState, event: StepFailed) -> Transition:
@@ -438,7 +469,7 @@ def _on_step_failed(saga: Saga, state: SagaState, event: StepFailed) -> Transiti
         )
         return Transition(new, (ScheduleWakeup(new.wake_at or retry_at),))
     outcome = StepStatus.FAILED if event.kind is FailureKind.DEFINITIVE else StepStatus.AMBIGUOUS
-    return _end_forward(saga, state, event, event.step, outcome, event.error, Reactions(event))
+    return _end_forward(saga, state, event, event.step, outcome, event.error, None)
 
 
 def _on_step_waiting(saga: Saga, state: SagaState, event: StepWaiting) -> Transition:
@@ -457,7 +488,7 @@ def _on_step_waiting(saga: Saga, state: SagaState, event: StepWaiting) -> Transi
                     event,
                     event.step,
                     kept.payload,
-                    Reactions(event),
+                    None,
                 )
     waiting = replace(step, status=StepStatus.WAITING, wait_until=event.until, interrupted=False)
     base = replace(state, steps=with_step(state.steps, event.step, waiting))
@@ -482,7 +513,7 @@ def _on_signal(saga: Saga, state: SagaState, event: SignalReceived) -> Transitio
     index = _waiting_for_signal(saga, state, event.name)
     if index is not None:
         keyed = replace(state, signal_keys=keys)
-        return _succeed(saga, keyed, event, index, event.payload, Reactions(event))
+        return _succeed(saga, keyed, event, index, event.payload, None)
     kept = Signal(name=event.name, payload=event.payload, key=event.key, at=event.at)
     return Transition(advance(state, event, signal_keys=keys, inbox=(*state.inbox, kept)), ())
 
@@ -504,7 +535,7 @@ def _on_child_ended(saga: Saga, state: SagaState, event: ChildEnded) -> Transiti
         return Transition(advance(state, event), ())
     if step.status not in (StepStatus.WAITING, StepStatus.RUNNING) or state.status not in FORWARD:
         return Transition(advance(state, event), ())
-    reactions = Reactions(event)
+    reactions = None
     if event.status is SagaStatus.COMPLETED:
         return _succeed(saga, state, event, index, event.result, reactions)
     outcome = StepStatus.FAILED if event.status is SagaStatus.COMPENSATED else StepStatus.AMBIGUOUS
@@ -623,7 +654,7 @@ def _wait_over(saga: Saga, state: SagaState, event: TimerFired, index: int) -> T
     """The wait at `index` reached its time: a sleep ends; a signal wait times out."""
     step = state.steps[index]
     assert step.wait_until is not None
-    reactions = Reactions(event)
+    reactions = None
     if program.is_sleep(saga, state, index):
         return _succeed(saga, state, event, index, msgspec.Raw(_json(step.wait_until)), reactions)
     on_timeout, default = program.on_timeout(saga, state, index)

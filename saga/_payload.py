@@ -22,14 +22,17 @@ type such as `dict[str, int]` again on every call (~3 us)."""
 _any = msgspec.json.Decoder()
 
 
-def encode_payload(value: object, what: str, name: str | None = None) -> bytes:
+def encode_payload(
+    value: object, what: str, name: str | None = None, *, decoded_next: bool = False
+) -> bytes:
     """JSON bytes for `value`, keys sorted so equal values encode equally.
 
     Raises `PayloadError` if msgspec cannot serialize it, if it holds NaN or
     an infinity, a string with a lone surrogate, raw JSON that is not valid,
     or nesting too deep to read back; the message names the value as `what`,
     followed by `name` quoted when given (formatted only then: every step
-    result passes through here).
+    result passes through here). `decoded_next`: the caller decodes the bytes
+    at once (with `decode_payload`), which checks raw JSON anyway.
     """
     try:
         data = _encoder.encode(value)
@@ -45,6 +48,8 @@ def encode_payload(value: object, what: str, name: str | None = None) -> bytes:
     # hold one, so the walk is skipped for most values.
     if b"null" in data and _has_non_finite(value):
         raise PayloadError(f"{_named(what, name)} holds NaN or an infinity, which JSON cannot hold")
+    if decoded_next:
+        return data
     try:
         _any.decode(data)  # raw JSON (msgspec.Raw) passes through the encoder unchecked
     except RecursionError as exc:

@@ -62,7 +62,7 @@ def group(saga: Saga, state: SagaState, index: int) -> range:
     """The positions of the group `index` belongs to (a parallel group, or itself alone)."""
     call = state.steps[index].call
     if call is None:
-        return list_group(saga, index)
+        return saga.element_at[index]
     if call.group is None:
         return range(index, index + 1)
     first, last = call.group, call.group
@@ -77,13 +77,7 @@ def group(saga: Saga, state: SagaState, index: int) -> range:
 
 def list_group(saga: Saga, index: int) -> range:
     """A step list's positions of the element holding `index`."""
-    first = saga.group_of[index]
-    if first is None:
-        return range(index, index + 1)
-    last = first
-    while last + 1 < len(saga.group_of) and saga.group_of[last + 1] == first:
-        last += 1
-    return range(first, last + 1)
+    return saga.element_at[index]
 
 
 def signal_name(saga: Saga, state: SagaState, index: int) -> str | None:
@@ -137,5 +131,4 @@ def label(saga: Saga, state: SagaState, index: int) -> str:
 
 def next_element(saga: Saga, index: int) -> range | None:
     """A step list's positions after the element holding `index` (None: it was the last)."""
-    following = list_group(saga, index).stop
-    return list_group(saga, following) if following < len(saga.steps) else None
+    return saga.next_element_at[index]

@@ -135,8 +135,9 @@ async def attempt_step(
         kind = classify(step, exc, compensating=False)
         return _step_failed(index, ctx, error_info(exc), kind, now, rng)
     try:
-        result = encode_payload(value, "result of step", step.name)
-        if step.result_type is not Any:
+        typed = step.result_type is not Any
+        result = encode_payload(value, "result of step", step.name, decoded_next=typed)
+        if typed:
             decode_payload(result, step.result_type, "result of step", step.name)
     except PayloadError as exc:
         # It returned, so it took effect: ambiguous, compensated with None.
