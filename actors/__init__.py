@@ -1,4 +1,5 @@
-"""A small generic actor kernel on anyio.
+"""A small generic actor kernel. It runs on asyncio: each actor is a plain asyncio task,
+with anyio's cancel scopes and task groups inside it (anyio's asyncio backend; not trio).
 
 Actors handle their messages one at a time from a bounded mailbox; a
 `Supervisor` owns them and restarts, stops or escalates them when they

@@ -20,6 +20,9 @@ M = TypeVar("M")
 
 
 class Cell(Generic[M]):
+    """One supervised actor across its incarnations: its name, its mailbox (which outlives
+    restarts, so no message is lost to a crash) and whether it was asked to stop."""
+
     __slots__ = (
         "_scope",
         "_stop_signal",
@@ -82,7 +85,7 @@ class Cell(Generic[M]):
         interrupted (run it again). A crash propagates.
         """
         actor = self.factory()
-        actor._ref = ref
+        actor._ref = ref  # noqa: SLF001 (the kernel wires the actor it runs)
         self.interrupt_requested = False
         if actor.spawns_children:
             await self._run_with_children(actor)
@@ -108,9 +111,9 @@ class Cell(Generic[M]):
                 self._scope = task_group.cancel_scope
                 if self.stop_requested:
                     task_group.cancel_scope.cancel()
-                actor._task_group = task_group
+                actor._task_group = task_group  # noqa: SLF001 (kernel)
                 await _serve(actor, self.mailbox)
-                if actor._children:
+                if actor._children:  # noqa: SLF001 (kernel)
                     task_group.cancel_scope.cancel()
         except ExceptionGroup as group:
             if len(group.exceptions) != 1:
@@ -132,7 +135,7 @@ class Cell(Generic[M]):
 
 async def _serve(actor: Actor[M], mailbox: Mailbox[M]) -> None:
     await actor.on_start()
-    while not actor._stop_requested:
+    while not actor._stop_requested:  # noqa: SLF001 (kernel)
         await _deliver(actor, await mailbox.get())
 
 

@@ -41,6 +41,8 @@ class Reply:
 
 
 class Envelope(Generic[M]):
+    """A message in a mailbox, with the `Reply` an `ask` waits on (None for a `tell`)."""
+
     __slots__ = ("message", "reply")
 
     def __init__(self, message: M, reply: Reply | None = None) -> None:

@@ -18,6 +18,9 @@ M = TypeVar("M")
 
 
 class Mailbox(Generic[M]):
+    """An actor's bounded queue of envelopes: `put` waits while it is full, `close` fails
+    every reply still inside with `ActorStoppedError`."""
+
     __slots__ = ("_capacity", "_closed", "_name", "_receive", "_send")
 
     def __init__(self, name: str, capacity: int) -> None:

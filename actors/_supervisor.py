@@ -36,9 +36,10 @@ class Supervisor:
     (its body is cancelled, as a task group's is). Leaving the block stops
     every actor and waits for them.
 
-    Each actor runs as a plain asyncio task (anyio's cancel scopes work in
-    it): a task-group task costs several times more to start, and a saga
-    runtime starts one actor per saga. asyncio only, like aiosqlite.
+    The kernel runs on asyncio: each actor is a plain asyncio task, with anyio's
+    cancel scopes and task groups inside it (anyio's asyncio backend; not trio).
+    A task-group task costs several times more to start, and a saga runtime
+    starts one actor per saga.
     """
 
     def __init__(
@@ -103,7 +104,7 @@ class Supervisor:
             # What a task group does with a failed child: stop the rest, cancel the body.
             self._errors.append(error)
             for ref in list(self._live.values()):
-                ref._cell.cancel()
+                ref._cell.cancel()  # noqa: SLF001 (kernel: a ref's cell is the supervisor's)
             if self._body is not None:
                 self._body.cancel()
         if not self._tasks and self._idle is not None and not self._idle.done():
@@ -112,7 +113,7 @@ class Supervisor:
     async def stop_all(self) -> None:
         """Ask every actor to stop now; leaving the block waits for them."""
         for ref in list(self._live.values()):
-            ref._cell.cancel()
+            ref._cell.cancel()  # noqa: SLF001 (kernel: a ref's cell is the supervisor's)
 
     async def __aenter__(self) -> Self:
         if self._body is not None:
@@ -161,7 +162,7 @@ class Supervisor:
         strategy: SupervisorStrategy,
         on_stop: Callable[[Exception | None], None] | None,
     ) -> None:
-        cell = ref._cell
+        cell = ref._cell  # noqa: SLF001 (kernel)
         crashes: deque[float] = deque()
         fatal: Exception | None = None
         try:

@@ -31,7 +31,7 @@ from typing import IO, Any
 import anyio
 
 from runtime import Runtime, SagaCompensated
-from runtime._pg_store import PostgresStore
+from runtime.postgres import PostgresStore
 from saga import Saga, Step, StepContext
 
 from .checkout import checkout_saga

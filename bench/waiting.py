@@ -25,8 +25,8 @@ from typing import Any
 
 import anyio
 
-from runtime import Runtime, SagaStatus, WaitForSignal
-from saga import Saga, Step, StepContext
+from runtime import Runtime, SagaStatus
+from saga import Saga, Step, StepContext, WaitForSignal
 
 CONCURRENCY = 200
 

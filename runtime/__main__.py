@@ -42,7 +42,7 @@ def _pg_query(dsn: str, sql: str, params: Sequence[object], schema: str) -> list
 
     import asyncpg
 
-    from ._pg_schema import check_schema_name
+    from .postgres._schema import check_schema_name
 
     parts = sql.split("?")
     numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))

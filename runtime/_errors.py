@@ -1,11 +1,14 @@
-"""The runtime's errors. Store and payload errors live in `saga` and are re-exported here."""
+"""The runtime's errors, in one place. Store and payload errors live in `saga` and are
+re-exported by `runtime`; the README's "Errors" table says when each is raised."""
 
 from __future__ import annotations
 
-from saga import ErrorInfo, SagaError
+from saga import ErrorInfo, SagaError, StoreError
 
 
-class SagaCompensated(SagaError):
+# `SagaCompensated` and `SagaFailed` are outcomes, named in DESIGN.md's contract: no
+# "Error" suffix, as `SagaNotFound` in `saga`.
+class SagaCompensated(SagaError):  # noqa: N818
     """Raised by `SagaHandle.result` when the saga was rolled back: every step that
     may have taken effect was compensated. `step` is the step that failed for good
     and `error` its recorded error."""
@@ -17,7 +20,7 @@ class SagaCompensated(SagaError):
         self.error = error
 
 
-class SagaFailed(SagaError):
+class SagaFailed(SagaError):  # noqa: N818
     """Raised by `SagaHandle.result` when a compensation failed definitively.
 
     The saga is `failed`: some effects may remain and an operator must look.
@@ -52,8 +55,9 @@ class DuplicateSagaError(SagaError):
         self.saga_id = saga_id
 
 
-class UnknownSagaError(SagaError, LookupError):
-    """Raised by `Runtime.spawn` for a saga definition the runtime was not given."""
+class UnregisteredSagaError(SagaError, LookupError):
+    """Raised by `Runtime.spawn` (and `status`, `result`) for a saga definition this runtime
+    was not given. Not `SagaNotFound`: the instance may well exist, its code is missing here."""
 
 
 class StoreLockedError(SagaError):
@@ -69,7 +73,27 @@ class RuntimeNotRunningError(SagaError, RuntimeError):
 
 
 class SagaSuspendedError(SagaError):
-    """Raised by `Runtime.resume` for a saga that is not suspended."""
+    """Raised by `SagaHandle.result` / `Runtime.result` when the saga is suspended: it stopped
+    for an operator (`reason`), who may `Runtime.resume` it; then ask for its result again."""
+
+    def __init__(self, saga_id: str, reason: str | None) -> None:
+        super().__init__(f"saga {saga_id!r} is suspended: {reason}")
+        self.saga_id = saga_id
+        self.reason = reason
+
+
+class SagaNotSuspendedError(SagaError):
+    """Raised by `Runtime.resume` for a saga that is not suspended (nothing to resume), or
+    that another caller resumed meanwhile."""
+
+
+class StoreClosedError(StoreError):
+    """Raised by a store's methods once it is closed (or before it is opened)."""
+
+
+class CommitOutcomeUnknownError(StoreError):
+    """PostgreSQL's connection failed during COMMIT: the batch may or may not be durable.
+    Never retried blindly; the runtime reloads the saga to learn which."""
 
 
 class UnknownSignalError(SagaError, LookupError):

@@ -25,10 +25,10 @@ class SagaHandle(Generic[R]):
 
         The output of a step-list saga maps each step's name to its result.
         Raises `SagaCompensated` if it was rolled back, `SagaFailed` if a
-        compensation failed definitively, `TimeoutError` after `timeout`
-        seconds. A suspended saga is not ended: this keeps waiting.
+        compensation failed definitively, `SagaSuspendedError` if it is (or
+        becomes) suspended for an operator, `TimeoutError` after `timeout` seconds.
         """
-        output: Any = await self._runtime._wait_for_result(self.saga_id, timeout)
+        output: Any = await self._runtime.result(self.saga_id, timeout=timeout)
         return output  # type: ignore[no-any-return]
 
     async def status(self) -> SagaInfo:

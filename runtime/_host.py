@@ -67,6 +67,14 @@ class _Waiter(Latch):
 
 
 class SagaHost:
+    """The runtime's hosting of saga actors: it starts an actor for each saga with work,
+    lets it go when the saga passivates or ends, wakes it for timers, signals and child
+    reports, and turns an actor that keeps crashing into a suspended saga (`_on_escalate`).
+
+    One per `Runtime`; the `Runtime` is its only user. Every state change goes through
+    `saga.engine` (the driver); the host only decides which actor runs when.
+    """
+
     def __init__(
         self,
         store: Store,

@@ -39,14 +39,15 @@ from ._errors import (
     RuntimeNotRunningError,
     SagaCompensated,
     SagaFailed,
+    SagaNotSuspendedError,
     SagaSuspendedError,
-    UnknownSagaError,
     UnknownSignalError,
+    UnregisteredSagaError,
 )
 from ._handle import SagaHandle
 from ._host import SagaHost
 from ._info import SagaInfo, SagaPage, SagaSummary, saga_info
-from ._sqlite_store import SqliteStore, Synchronous
+from .sqlite import SqliteStore, Synchronous
 
 logger = logging.getLogger("runtime")
 
@@ -60,7 +61,7 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 def _postgres_store(dsn: str) -> Store:
     try:
-        from ._pg_store import PostgresStore
+        from .postgres import PostgresStore
     except ImportError as exc:
         raise ImportError(
             "a postgresql:// database needs asyncpg: pip install 'sagaloop[postgres]'"
@@ -212,7 +213,7 @@ class Runtime:
         name = saga.name if isinstance(saga, Saga) else saga
         definition = self._sagas.get(name)
         if definition is None or (isinstance(saga, Saga) and definition is not saga):
-            raise UnknownSagaError(
+            raise UnregisteredSagaError(
                 f"saga {name!r} is not one of this runtime's sagas "
                 f"({', '.join(sorted(self._sagas)) or 'none'}); pass it in Runtime(sagas=[...])"
             )
@@ -236,7 +237,7 @@ class Runtime:
         Exactly-once: spawning an existing `saga_id` with the same input
         returns that saga's handle (even after a restart) and starts
         nothing. Raises `DuplicateSagaError` if it exists with another
-        input or saga, `UnknownSagaError` for a saga not given to this
+        input or saga, `UnregisteredSagaError` for a saga not given to this
         runtime, `PayloadError` for an input msgspec cannot serialize or
         that does not match the saga's `input_type`, and `ValueError` for
         an empty `saga_id`, one with a NUL character or over 1,000 bytes.
@@ -276,7 +277,7 @@ class Runtime:
         """The saga's stored state and history.
 
         Raises `SagaNotFound` for an unknown id, `CorruptSagaError` for an
-        undecodable snapshot, `UnknownSagaError` if this runtime was not
+        undecodable snapshot, `UnregisteredSagaError` if this runtime was not
         given the saga's definition.
         """
         stored = await self._store.load(saga_id)
@@ -297,7 +298,7 @@ class Runtime:
     async def resume(self, saga_id: str) -> None:
         """Resume a suspended saga where it stopped (an operator's call).
 
-        Raises `SagaNotFound`, `SagaSuspendedError` if it is not suspended,
+        Raises `SagaNotFound`, `SagaNotSuspendedError` if it is not suspended,
         `CorruptSagaError` if its snapshot cannot be decoded.
         """
         self._check_running()
@@ -307,7 +308,7 @@ class Runtime:
         try:
             stored = await self._store.load(saga_id)
             if stored.state.status is not SagaStatus.SUSPENDED:
-                raise SagaSuspendedError(
+                raise SagaNotSuspendedError(
                     f"saga {saga_id!r} is {stored.state.status}, not suspended; nothing to resume"
                 )
             definition = self._definition(stored.saga_name)
@@ -315,7 +316,7 @@ class Runtime:
             try:
                 fresh = await engine.resume(self._store, definition, stored, self._clock.now())
             except StaleStateError as exc:
-                raise SagaSuspendedError(
+                raise SagaNotSuspendedError(
                     f"saga {saga_id!r} was resumed by another caller meanwhile"
                 ) from exc
             except StoreError:
@@ -436,10 +437,15 @@ class Runtime:
 
     # -- outcomes ----------------------------------------------------------
 
-    async def _wait_for_result(self, saga_id: str, timeout: float | None) -> Output:
+    async def result(self, saga_id: str, *, timeout: float | None = None) -> Any:
+        """Wait for saga `saga_id` to end and return its output (see `SagaHandle.result`).
+
+        Raises `SagaCompensated`, `SagaFailed`, `SagaSuspendedError` if it is (or
+        becomes) suspended, `SagaNotFound`, `TimeoutError` after `timeout` seconds.
+        """
         if timeout is not None:
             with anyio.fail_after(timeout):
-                return await self._wait_for_result(saga_id, None)
+                return await self.result(saga_id)
         while True:
             self._check_running()
             waiter = self._host.arm_waiter(saga_id)
@@ -449,6 +455,8 @@ class Runtime:
                     stored = await self._store.load(saga_id)
                     if stored.state.status.is_terminal:
                         return await self._outcome(stored.state)
+                    if stored.state.status is SagaStatus.SUSPENDED:
+                        raise SagaSuspendedError(saga_id, stored.state.suspended_reason)
                 if self._host.shared is not None and not self._host.is_live(saga_id):
                     # Another runtime may be driving it: look again every poll interval.
                     final = None
@@ -460,11 +468,15 @@ class Runtime:
                 self._host.disarm_waiter(saga_id, waiter)
             if final is not None and final.status.is_terminal:
                 return await self._outcome(final)
+            if final is not None and final.status is SagaStatus.SUSPENDED:
+                raise SagaSuspendedError(saga_id, final.suspended_reason)
 
     async def _outcome(self, state: SagaState) -> Output:
         definition = self._sagas.get(state.saga_name)
         if definition is None:
-            raise UnknownSagaError(f"saga {state.saga_name!r} is not one of this runtime's sagas")
+            raise UnregisteredSagaError(
+                f"saga {state.saga_name!r} is not one of this runtime's sagas"
+            )
         if state.partial and state.status is not SagaStatus.COMPLETED:
             # A code saga's stored form: its failed calls are in its history.
             state = (await engine.restore(self._store, definition, state.saga_id)).state

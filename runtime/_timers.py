@@ -27,6 +27,13 @@ _SWEEP_PAGE = 500
 
 
 class TimerService:
+    """Wakes sagas whose wait is due: the in-memory heap of actors that stayed warm, and
+    the store's `wake_at` index for passivated ones (swept in pages, never all loaded).
+
+    It sleeps until the earlier of the two on the runtime's clock; `note_store_wake` moves
+    that moment earlier when a saga starts a shorter wait.
+    """
+
     def __init__(self, clock: Clock, store: Store, wake: WakeHandler) -> None:
         self._clock = clock
         self._store = store

@@ -18,6 +18,8 @@ from ._codec import decode_state, encode_state
 
 
 class Create(msgspec.Struct, eq=False):
+    """Insert a new saga with its first event; `existing` is set if the id was taken."""
+
     saga: StoredSaga
     event: Event
     existing: StoredSaga | None = None
@@ -25,6 +27,8 @@ class Create(msgspec.Struct, eq=False):
 
 
 class Save(msgspec.Struct, eq=False):
+    """Write one transition: the new snapshot, its event, the inbox item it consumed."""
+
     state: SagaState
     event: Event
     consumed: int | None = None
@@ -36,6 +40,9 @@ class Save(msgspec.Struct, eq=False):
 
 
 class Deliver(msgspec.Struct, eq=False):
+    """Put an item in a live saga's inbox; `accepted` is False if it was not live or the
+    item's key was there already."""
+
     item: InboxItem
     accepted: bool = False
     error: Exception | None = None

@@ -47,7 +47,7 @@ _BLOCK = object()
 _FINAL = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.AMBIGUOUS})
 
 
-class _BodyClosed(Exception):
+class _BodyClosedError(Exception):
     """Raised by a `ctx` call made while the driver discards the body (a `finally` block)."""
 
 
@@ -366,7 +366,7 @@ class BodyRun:
         """Submit `calls` (a group if `grouped`), wait until all are final, return their
         results in order or raise the first failure."""
         if self._closing:
-            raise _BodyClosed("the saga's body is being discarded: no more ctx calls")
+            raise _BodyClosedError("the saga's body is being discarded: no more ctx calls")
         group = self._next if grouped else None
         for call in calls:
             self._submit(call, group)
@@ -378,7 +378,7 @@ class BodyRun:
     def value(self, kind: CallKind, name: str, make: Callable[[], Any]) -> bytes:
         """A recorded value call (now, uuid, random, patched): the recorded value, or a new one."""
         if self._closing:
-            raise _BodyClosed("the saga's body is being discarded: no more ctx calls")
+            raise _BodyClosedError("the saga's body is being discarded: no more ctx calls")
         position = self._next
         self._next += 1
         steps = self.state.steps

@@ -16,6 +16,14 @@ class NonRetryableError(Exception):
     """
 
 
+class StepTimeoutError(TimeoutError):
+    """An attempt ran past its step's `timeout` (recorded as the attempt's error, never raised
+    to a caller: the step is retried by its policy like any transient failure)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        super().__init__(f"attempt timed out after {seconds} s")
+
+
 class SagaError(Exception):
     """Base of every error Sagaloop raises to its users."""
 
@@ -32,7 +40,7 @@ class PayloadError(SagaError, TypeError):
     """
 
 
-class SagaNotFound(SagaError, LookupError):
+class SagaNotFound(SagaError, LookupError):  # noqa: N818 (DESIGN.md's name)
     """Raised by stores and `Runtime.status` when no saga has the given id."""
 
     def __init__(self, saga_id: str) -> None:

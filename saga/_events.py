@@ -21,6 +21,9 @@ Reactions = tuple[Reaction, ...]
 class _Event(
     msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True, tag_field="event", gc=False
 ):
+    """Base of every event: `at` is when it happened, on the runtime's clock; `event` (the
+    tag) names its type in the history's JSON."""
+
     at: float
 
 

@@ -20,7 +20,7 @@ import msgspec
 
 from ._context import StepContext
 from ._errorinfo import NULL, ErrorInfo, FailureKind
-from ._errors import NonRetryableError, PayloadError
+from ._errors import NonRetryableError, PayloadError, StepTimeoutError
 from ._events import CompensationFailed, CompensationSucceeded, Event, StepFailed, StepSucceeded
 from ._payload import decode_payload, encode_payload
 from ._policy import RetryPolicy
@@ -76,13 +76,6 @@ def _storable(text: str) -> str:
     return text
 
 
-class StepTimeout(Exception):
-    """An attempt ran past its step's `timeout`."""
-
-    def __init__(self, seconds: float | None) -> None:
-        super().__init__(f"attempt timed out after {seconds} s")
-
-
 def classify(step: Runnable, error: BaseException, *, compensating: bool) -> FailureKind:
     policy = step.compensation_retry if compensating else step.retry
     if isinstance(error, (NonRetryableError, *policy.non_retryable_error_types)):
@@ -95,12 +88,12 @@ def classify(step: Runnable, error: BaseException, *, compensating: bool) -> Fai
 async def call_with_timeout(
     seconds: float | None, func: Callable[..., Awaitable[Any]], *args: Any
 ) -> Any:
-    """Await `func(*args)`, raising `StepTimeout` after `seconds` (None: no limit)."""
+    """Await `func(*args)`, raising `StepTimeoutError` after `seconds` (None: no limit)."""
     if seconds is None:
         return await func(*args)
     with anyio.move_on_after(seconds):
         return await func(*args)
-    raise StepTimeout(seconds)
+    raise StepTimeoutError(seconds)
 
 
 def _escapes(error: BaseException) -> bool:
@@ -125,7 +118,7 @@ async def attempt_step(
             value = await action(ctx, *args)
         else:
             value = await call_with_timeout(step.timeout, action, ctx, *args)
-    except StepTimeout as exc:
+    except StepTimeoutError as exc:
         return _step_failed(
             index, ctx, error_info(exc, timed_out=True), FailureKind.TRANSIENT, now, rng
         )
@@ -176,7 +169,7 @@ async def attempt_compensation(
             await compensate(ctx, *args)
         else:
             await call_with_timeout(step.compensation_timeout, compensate, ctx, *args)
-    except StepTimeout as exc:
+    except StepTimeoutError as exc:
         error, kind = error_info(exc, timed_out=True), FailureKind.TRANSIENT
     except BaseException as exc:
         if _escapes(exc):

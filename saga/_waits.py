@@ -30,12 +30,17 @@ UntilFunction = Callable[..., Any]
 
 @dataclass(frozen=True, slots=True)
 class SleepSpec:
+    """A durable sleep as the machine sees it: `seconds` from now, or `until(...)`."""
+
     seconds: float | None
     until: UntilFunction | None
 
 
 @dataclass(frozen=True, slots=True)
 class SignalSpec:
+    """A wait for signal `signal` as the machine sees it, with its timeout and what a
+    timeout does (fail the step, or `Continue` with `default`)."""
+
     signal: str
     payload_type: Any
     timeout: float | None

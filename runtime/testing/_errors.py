@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from ._report import FaultReport
 
 
-class InjectedFault(Exception):
+class InjectedFault(Exception):  # noqa: N818 (public since 0.1; a fault, not an error of ours)
     """Base of the errors the kit raises inside a wrapped step to simulate a failure."""
 
 
@@ -30,7 +30,7 @@ class InjectedPermanentError(InjectedFault, NonRetryableError):
     """
 
 
-class InvariantViolation(AssertionError):
+class InvariantViolation(AssertionError):  # noqa: N818 (public since 0.1; an assertion)
     """Raised by `FaultInjection.check` and `.run` when a saga broke a guarantee under faults.
 
     Also raised when sagas did not end (a hang, a saga stuck with nothing to

@@ -24,10 +24,10 @@ from actors import RestartWithBackoff
 from saga import Saga, SagaNotFound, SagaStatus, StoreError, VirtualClock
 from saga.store import SagaState
 
-from .._errors import SagaSuspendedError
+from .._errors import SagaNotSuspendedError
 from .._info import SagaInfo
 from .._runtime import Runtime
-from .._sqlite_store import SqliteStore
+from ..sqlite import SqliteStore
 from ._errors import InvariantViolation
 from ._journal import CallKind, Journal
 from ._plan import OUTAGE_ATTEMPTS, Crash, CrashPoint, Fault, FaultPlan, StepFault, StoreFault
@@ -319,7 +319,7 @@ class Example:
             self._resumed.append(saga_id)
             try:
                 await rt.resume(saga_id)
-            except SagaSuspendedError:
+            except SagaNotSuspendedError:
                 pass  # no longer suspended
             except StoreError as exc:
                 self.journal.note(saga_id, f"resume raised {exc}; it will be resumed again")

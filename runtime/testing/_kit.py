@@ -111,11 +111,13 @@ class FaultInjection(Generic[S, I]):
         if seed is not None:
             test = hypothesis.seed(seed)(test)
         # Hypothesis keys its example database by the test's source; make it per call site.
-        caller = sys._getframe(1).f_code
+        caller = sys._getframe(1).f_code  # noqa: SLF001 (CPython's documented frame hook)
         where = f"{caller.co_filename}:{caller.co_name}:{self._name}"
         inner = getattr(getattr(test, "hypothesis", None), "inner_test", None)
         if inner is not None:
-            inner._hypothesis_internal_add_digest = hashlib.sha256(where.encode()).digest()
+            # Hypothesis has no public hook for the database key.
+            digest = hashlib.sha256(where.encode()).digest()
+            inner._hypothesis_internal_add_digest = digest  # noqa: SLF001
         test()
 
     def run(self, inputs: Sequence[I], plan: FaultPlan | None = None) -> FaultReport:

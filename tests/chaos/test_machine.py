@@ -52,8 +52,8 @@ from runtime import (
     Runtime,
     SagaCompensated,
     SagaFailed,
+    SagaNotSuspendedError,
     SagaStatus,
-    SagaSuspendedError,
     SqliteStore,
     StoreError,
     VirtualClock,
@@ -243,7 +243,7 @@ class RuntimeChaos(RuleBasedStateMachine):
                     continue
                 outcome = self.portal.call(self.world.resume, sid)
                 error = outcome.error
-                assert error is None or isinstance(error, StoreError | SagaSuspendedError), error
+                assert error is None or isinstance(error, StoreError | SagaNotSuspendedError), error
             self.portal.call(self.world.settle)
 
     # -- invariants ----------------------------------------------------------------------

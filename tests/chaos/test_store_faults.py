@@ -27,7 +27,7 @@ import anyio
 import pytest
 
 from actors import RestartWithBackoff
-from runtime import Runtime, SagaStatus, SagaSuspendedError, StoreError
+from runtime import Runtime, SagaNotSuspendedError, SagaStatus, StoreError
 from saga.engine import Event, Suspended
 
 from .checkout import HAPPY, make_order
@@ -255,7 +255,7 @@ async def test_a_resume_whose_acknowledgement_was_lost_still_resumes_the_saga(
         rig.board.arm(FaultKind.LOST_ACK)
         with contextlib.suppress(StoreError):
             await rt.resume("order-1")  # the Resumed record commits; its acknowledgement is lost
-        with contextlib.suppress(SagaSuspendedError):
+        with contextlib.suppress(SagaNotSuspendedError):
             await rt.resume("order-1")  # should the operator try again: "it is running"
         ended = await ends(rt, "order-1", 1.0)
     assert rig.board.injected[FaultKind.LOST_ACK] == 1

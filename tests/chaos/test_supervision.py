@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from actors import RestartWithBackoff
-from runtime import Runtime, SagaStatus
+from runtime import Runtime, SagaStatus, SagaSuspendedError
 
 from .checkout import HAPPY, expected_output, make_order
 from .drive import results
@@ -51,8 +51,9 @@ async def test_a_crash_looping_actor_is_restarted_with_backoff_then_parked_and_r
         assert parked.suspended_reason is not None
         assert "kept crashing" in parked.suspended_reason
         assert f"refuses the writes of saga {BAD!r}" in parked.suspended_reason
-        with pytest.raises(TimeoutError):  # suspended is not an end
-            await handle.result(timeout=0.05)
+        with pytest.raises(SagaSuspendedError) as suspended:  # said at once, not waited on
+            await handle.result(timeout=WAIT)
+        assert suspended.value.reason == parked.suspended_reason
 
         rig.board.refuse.clear()  # the fault is gone; an operator resumes it
         await rt.resume(BAD)

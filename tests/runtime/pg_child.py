@@ -27,7 +27,7 @@ from typing import Any
 import anyio
 
 from runtime import Runtime, SagaCompensated
-from runtime._pg_store import PostgresStore
+from runtime.postgres import PostgresStore
 from saga import Saga, Sleep, Step, StepContext, StoreError
 
 from .crash_child import DONE, READY, build_checkout, order_input, saga_id

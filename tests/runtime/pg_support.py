@@ -28,9 +28,9 @@ import asyncpg
 from runtime import SagaCompensated
 from runtime._codec import decode_event
 from runtime._info import saga_info
-from runtime._pg_store import PostgresStore
 from runtime._runtime import saga_outcome
 from runtime._writes import stored_saga
+from runtime.postgres import PostgresStore
 from saga import Saga
 from saga.engine import Recovered
 from saga.store import HistoryEntry

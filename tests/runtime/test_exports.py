@@ -198,6 +198,46 @@ def test_the_front_door_holds_the_authoring_names_and_nothing_else() -> None:
         assert not hasattr(saga, dead), dead
 
 
+RUNTIME_NAMES = {
+    *("Runtime", "SagaHandle", "SagaInfo", "SagaPage", "SagaStatus", "SagaSummary", "StepInfo"),
+    *("VirtualClock", "DelegatingStore", "PostgresStore", "SqliteStore"),
+    *("CommitOutcomeUnknownError", "CorruptSagaError", "DuplicateSagaError", "LeaseLostError"),
+    *("PayloadError", "RuntimeNotRunningError", "SagaCompensated", "SagaEndedError"),
+    *("SagaError", "SagaFailed", "SagaNotFound", "SagaNotSuspendedError", "SagaSuspendedError"),
+    *("SchemaVersionError", "StaleStateError", "StoreClosedError", "StoreError"),
+    *("StoreLockedError", "UnknownSignalError", "UnregisteredSagaError"),
+}
+
+
+def test_runtime_exports_the_embedding_names_and_nothing_else() -> None:
+    assert set(runtime.__all__) == RUNTIME_NAMES
+    # authoring names have one home, `saga`; the runtime does not hand them out again
+    assert not {"Sleep", "WaitForSignal", "OnTimeout", "Continue", "Step"} & set(runtime.__all__)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ("UnknownSagaError", runtime.UnregisteredSagaError),
+        ("Sleep", saga.Sleep),
+        ("WaitForSignal", saga.WaitForSignal),
+        ("OnTimeout", saga.OnTimeout),
+        ("Continue", saga.Continue),
+    ],
+)
+def test_renamed_runtime_names_still_import_with_a_deprecation_warning(
+    old: str, new: object
+) -> None:
+    with pytest.warns(DeprecationWarning, match=f"runtime.{old} is deprecated"):
+        assert getattr(runtime, old) is new
+
+
+def test_resuming_and_being_suspended_are_two_errors() -> None:
+    assert not issubclass(runtime.SagaSuspendedError, runtime.SagaNotSuspendedError)
+    error = runtime.SagaSuspendedError("s", "kept crashing")
+    assert (error.saga_id, error.reason) == ("s", "kept crashing")
+
+
 # -- __all__ ------------------------------------------------------------------------------
 
 
@@ -283,7 +323,7 @@ def test_every_raised_error_is_a_saga_error() -> None:
 
 def test_lookup_errors_are_lookup_errors() -> None:
     assert issubclass(runtime.SagaNotFound, LookupError)
-    assert issubclass(runtime.UnknownSagaError, LookupError)
+    assert issubclass(runtime.UnregisteredSagaError, LookupError)
 
 
 # -- packaging and layering -------------------------------------------------------------------

@@ -26,8 +26,6 @@ import anyio
 import pytest
 
 from runtime import (
-    Continue,
-    OnTimeout,
     PayloadError,
     Runtime,
     SagaCompensated,
@@ -36,13 +34,21 @@ from runtime import (
     SagaNotFound,
     SagaStatus,
     SagaSummary,
-    Sleep,
     SqliteStore,
     UnknownSignalError,
     VirtualClock,
+)
+from saga import (
+    CompensationStatus,
+    Continue,
+    OnTimeout,
+    Saga,
+    Sleep,
+    Step,
+    StepContext,
+    StepStatus,
     WaitForSignal,
 )
-from saga import CompensationStatus, Saga, Step, StepContext, StepStatus
 from saga.engine import (
     CancelRequested,
     CompensationSucceeded,

@@ -18,10 +18,10 @@ import anyio
 import asyncpg
 import pytest
 
-from runtime import Runtime, SagaCompensated, SagaSuspendedError
-from runtime._pg_store import PostgresStore
-from runtime._pg_writer import PgBatch, commit_batch
+from runtime import Runtime, SagaCompensated, SagaNotSuspendedError
 from runtime._writes import Save
+from runtime.postgres import PostgresStore
+from runtime.postgres._writer import PgBatch, commit_batch
 from saga import Saga, Step, StepContext, WaitForSignal
 from saga.store import StoredSaga
 from tests.runtime.test_store_contract import T0, new_saga, step_succeeded, suspend
@@ -265,7 +265,7 @@ async def test_two_runtimes_resuming_one_saga_at_once_start_it_once(pg_dsn: str)
             try:
                 await runtimes[n].resume("r")
                 outcome[n] = "resumed"
-            except SagaSuspendedError:
+            except SagaNotSuspendedError:
                 outcome[n] = "refused"
 
         with anyio.fail_after(WAIT):

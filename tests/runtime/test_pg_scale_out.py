@@ -32,7 +32,7 @@ import anyio
 import pytest
 
 from runtime import Runtime, SagaCompensated
-from runtime._pg_store import PostgresStore
+from runtime.postgres import PostgresStore
 from saga import Saga, Step, StepContext, WaitForSignal
 from saga.engine import SignalReceived, TimerFired
 

@@ -17,8 +17,8 @@ import msgspec
 import pytest
 
 from runtime import Runtime, SchemaVersionError, StoreError
-from runtime._pg_schema import SCHEMA_VERSION
-from runtime._pg_store import PostgresStore
+from runtime.postgres import PostgresStore
+from runtime.postgres._schema import SCHEMA_VERSION
 from saga import Saga, Step, StepContext
 from saga.engine import Resumed, transition
 from saga.store import InboxItem, LeaseLostError, Notice, StaleStateError, UnfinishedSaga

@@ -34,12 +34,13 @@ from runtime import (
     SagaFailed,
     SagaInfo,
     SagaNotFound,
+    SagaNotSuspendedError,
     SagaStatus,
     SagaSuspendedError,
     SqliteStore,
     StoreError,
     StoreLockedError,
-    UnknownSagaError,
+    UnregisteredSagaError,
 )
 from saga import (
     Action,
@@ -825,7 +826,7 @@ async def test_spawning_a_saga_the_runtime_was_not_given_raises(database: str) -
     impostor = Saga("known", [Step("only", action(journal))])  # same name, other definition
     async with Runtime(database, sagas=[known]) as rt:
         for saga in (stranger, "stranger", impostor):
-            with pytest.raises(UnknownSagaError):
+            with pytest.raises(UnregisteredSagaError):
                 await rt.spawn(saga, None, saga_id="u")
         with pytest.raises(SagaNotFound):
             await rt.status("u")
@@ -1028,6 +1029,24 @@ async def test_a_store_error_crashes_the_actor_which_restarts_and_completes(db: 
     assert_history_is_contiguous(info.history)  # the failed writes left nothing behind
 
 
+async def test_a_result_awaited_before_its_saga_is_suspended_raises_when_it_is(
+    db: Path,
+) -> None:
+    saga = Saga("s", [Step("first", action(Journal(), returns(1)))])
+    probe = ProbeStore(db)
+    async with Runtime(probe, sagas=[saga], supervision=FAST_SUPERVISION) as rt:
+        probe.broken = True
+        handle = await rt.spawn(saga, None, saga_id="s")
+        with pytest.raises(SagaSuspendedError) as raised:  # awaited while still crashing
+            await handle.result(timeout=WAIT)
+        assert probe.status_of("s") is SagaStatus.SUSPENDED
+        assert raised.value.saga_id == "s"
+        assert raised.value.reason == (await rt.status("s")).suspended_reason
+        probe.broken = False
+        await rt.resume("s")
+        assert await rt.result("s", timeout=WAIT) == {"first": 1}
+
+
 async def test_an_actor_that_keeps_crashing_is_suspended_then_resumed_by_an_operator(
     db: Path,
 ) -> None:
@@ -1050,14 +1069,14 @@ async def test_an_actor_that_keeps_crashing_is_suspended_then_resumed_by_an_oper
         lines = texts(info)
         assert lines[-2] == f"suspended: {info.suspended_reason}"
         assert lines[-1] == "saga suspended"
-        with pytest.raises(TimeoutError):  # suspended is not an end
-            await handle.result(timeout=0.05)
+        with pytest.raises(SagaSuspendedError, match="kept crashing"):  # said, not waited on
+            await handle.result(timeout=WAIT)
 
         probe.broken = False
         await rt.resume("s")
         assert await handle.result(timeout=WAIT) == {"first": 1, "second": 2}
         info = await rt.status("s")
-        with pytest.raises(SagaSuspendedError):
+        with pytest.raises(SagaNotSuspendedError):
             await rt.resume("s")
     assert [(c.step, c.ctx.attempt) for c in journal.calls] == [
         ("first", 1),

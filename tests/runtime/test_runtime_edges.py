@@ -14,7 +14,7 @@ import pytest
 from runtime import (
     DelegatingStore,
     Runtime,
-    SagaSuspendedError,
+    SagaNotSuspendedError,
     SqliteStore,
     StoreError,
 )
@@ -115,7 +115,7 @@ async def test_two_resumes_of_one_suspended_saga_start_it_once(tmp_path: Path) -
             try:
                 await rt.resume("x")
                 outcomes.append("resumed")
-            except SagaSuspendedError:
+            except SagaNotSuspendedError:
                 outcomes.append("refused")
 
         async with anyio.create_task_group() as tg:

@@ -16,10 +16,10 @@ from runtime import (
     SchemaVersionError,
     SqliteStore,
     StoreLockedError,
-    _sqlite_store,
-    _sqlite_writer,
 )
-from runtime._schema import MIGRATIONS, SCHEMA_VERSION
+from runtime.sqlite import _store as _sqlite_store
+from runtime.sqlite import _writer as _sqlite_writer
+from runtime.sqlite._schema import MIGRATIONS, SCHEMA_VERSION
 from saga import ErrorInfo, FailureKind
 from saga.engine import Recovered, StepFailed, TimerFired, transition
 from saga.store import StaleStateError

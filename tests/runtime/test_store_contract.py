@@ -30,7 +30,7 @@ from runtime import (
     StoreClosedError,
     StoreError,
 )
-from runtime._pg_store import PostgresStore
+from runtime.postgres import PostgresStore
 from saga import (
     ErrorInfo,
     FailureKind,

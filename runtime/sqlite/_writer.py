@@ -19,11 +19,11 @@ from pathlib import Path
 from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus
 from saga.store import SagaState, StaleStateError, StoredSaga
 
-from ._codec import encode_event, encode_state
-from ._errors import SchemaVersionError
-from ._latch import Latch
-from ._schema import MIGRATIONS, SCHEMA_VERSION
-from ._writes import Create, Deliver, Save, new_saga_row, stored_saga
+from .._codec import encode_event, encode_state
+from .._latch import Latch
+from .._migrations import migrations_to_apply
+from .._writes import Create, Deliver, Save, new_saga_row, stored_saga
+from ._schema import MIGRATIONS
 
 _SELECT_CHUNK = 500
 _INDEXED = "status, runnable, wake_at"
@@ -65,6 +65,8 @@ def _hint(state: SagaState) -> Hint:
 
 @dataclass(slots=True, eq=False)
 class Batch:
+    """The writes that commit together in one SQLite transaction (group commit)."""
+
     creates: list[Create] = field(default_factory=list)
     saves: list[Save] = field(default_factory=list)
     deliveries: list[Deliver] = field(default_factory=list)
@@ -112,13 +114,8 @@ class BatchWriter:
         try:
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             current = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
-            if current > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"{self.path} has schema version {current}; this Sagaloop knows up to "
-                    f"{SCHEMA_VERSION}"
-                )
-            for version in range(current + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[version]:
+            for version, statements in migrations_to_apply(current, MIGRATIONS, str(self.path)):
+                for statement in statements:
                     conn.execute(statement)
                 conn.execute("INSERT INTO schema_version(version) VALUES (?)", (version,))
             conn.execute("COMMIT")

@@ -18,19 +18,23 @@ from dataclasses import dataclass, field
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus, StoreError
+from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus
 from saga.store import LeaseLostError, StaleStateError
 
-from ._codec import encode_event, encode_state
-from ._latch import Latch
-from ._pg_schema import TERMINAL
-from ._writes import Create, Deliver, Save, new_saga_row, stored_saga
+from .._codec import encode_event, encode_state
+from .._errors import CommitOutcomeUnknownError
+from .._latch import Latch
+from .._writes import Create, Deliver, Save, new_saga_row, stored_saga
+from ._schema import TERMINAL
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 @dataclass(slots=True, eq=False)
 class PgBatch:
+    """The writes that commit together in one PostgreSQL transaction (group commit), with
+    the hand-backs and quarantines that ride along; `done` is set once it is decided."""
+
     creates: list[Create] = field(default_factory=list)
     saves: list[Save] = field(default_factory=list)
     deliveries: list[Deliver] = field(default_factory=list)
@@ -139,10 +143,6 @@ _QUARANTINE = (
 )
 
 
-class CommitOutcomeUnknown(StoreError):
-    """The connection failed during COMMIT: the batch may or may not be durable."""
-
-
 async def commit_batch(
     conn: Connection,
     batch: PgBatch,
@@ -157,7 +157,7 @@ async def commit_batch(
     every runtime is told to claim them.
 
     A failure before COMMIT leaves nothing behind (the caller may write the
-    batch again); a failure during it raises `CommitOutcomeUnknown`.
+    batch again); a failure during it raises `CommitOutcomeUnknownError`.
     """
     transaction = conn.transaction()
     await transaction.start()
@@ -183,7 +183,7 @@ async def commit_batch(
     try:
         await transaction.commit()
     except Exception as exc:
-        raise CommitOutcomeUnknown(f"PostgreSQL failed during COMMIT: {exc}") from exc
+        raise CommitOutcomeUnknownError(f"PostgreSQL failed during COMMIT: {exc}") from exc
 
 
 async def _create(conn: Connection, creates: list[Create], owner: str | None) -> bool:

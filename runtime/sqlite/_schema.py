@@ -6,7 +6,7 @@ fencing); the embedded store leaves them at their defaults.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+from .._migrations import latest_version
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -70,3 +70,5 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP INDEX IF EXISTS sagas_runnable",
     ),
 }
+
+SCHEMA_VERSION = latest_version(MIGRATIONS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-SCHEMA_VERSION = 1
+from .._migrations import latest_version
 
 # The lock key: any constant distinct from the application's own advisory locks.
 MIGRATION_LOCK_KEY = 0x5A6A100B
@@ -90,3 +90,5 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         """,
     ),
 }
+
+SCHEMA_VERSION = latest_version(MIGRATIONS)

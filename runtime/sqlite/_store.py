@@ -34,11 +34,11 @@ from saga.store import (
     UnfinishedSaga,
 )
 
-from ._codec import decode_event
-from ._errors import StoreLockedError
-from ._listing import listing_query
-from ._sqlite_writer import Batch, BatchWriter
-from ._writes import Create, Deliver, Save, stored_saga
+from .._codec import decode_event
+from .._errors import StoreClosedError, StoreLockedError
+from .._listing import listing_query
+from .._writes import Create, Deliver, Save, stored_saga
+from ._writer import Batch, BatchWriter
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -54,10 +54,6 @@ NEXT_WAKE_AT = (
     f"SELECT min(wake_at) FROM sagas WHERE wake_at IS NOT NULL AND +status IN ({_LIVE_MARKS})"
 )
 _SELECT_CHUNK = 500
-
-
-class StoreClosedError(StoreError):
-    """Raised by a store's methods once it is closed (or before it is opened)."""
 
 
 class SqliteStore:
