@@ -67,6 +67,7 @@ class PendingCall(Generic[T]):
         "compensate",
         "compensation_retry",
         "compensation_timeout",
+        "declared",
         "kind",
         "name",
         "occurrence",
@@ -103,6 +104,9 @@ class PendingCall(Generic[T]):
         self.kind = kind
         self.name = name
         self.action = action
+        self.declared = action
+        """The action as the body gave it (an interceptor may wrap `action`): its annotations
+        decode recorded arguments."""
         self.args = args
         self.compensate = compensate
         self.retry = retry if retry is not None else DEFAULT_STEP_RETRY
@@ -183,7 +187,7 @@ def argument_types(action: Callable[..., Any]) -> tuple[Any, ...] | None:
 def decode_args(call: PendingCall[Any], raw: bytes) -> tuple[Any, ...]:
     """A call's recorded arguments, decoded by its action's annotations where it has them."""
     values = decode_payload(raw, list[Any], "arguments of step", call.label)
-    types = argument_types(call.action) if call.action is not None else None
+    types = argument_types(call.declared) if call.declared is not None else None
     if types is None or len(types) != len(values) or all(t is Any for t in types):
         return tuple(values)
     return tuple(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import math
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, overload
 
 import msgspec
@@ -154,6 +156,21 @@ InputT = TypeVar("InputT", default=Any)
 OutputT = TypeVar("OutputT", default=Any)
 
 Body = Callable[["SagaContext", Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class InterceptedStep:
+    """A code saga's `ctx.step` call as an interceptor sees it: what it may replace."""
+
+    name: str
+    action: Callable[..., Awaitable[Any]]
+    compensate: Callable[..., Awaitable[Any]] | None
+    timeout: float | None
+    compensation_timeout: float | None
+
+
+StepInterceptor = Callable[[InterceptedStep], InterceptedStep]
+"""A test kit's hook on a code saga's steps (see `Saga.intercepted`)."""
 """`async def body(ctx: SagaContext, saga_input) -> output`: a code saga."""
 
 
@@ -186,6 +203,7 @@ class Saga(Generic[InputT, OutputT]):
         "elements",
         "group_of",
         "input_type",
+        "interceptor",
         "name",
         "next_element_at",
         "output_type",
@@ -237,6 +255,7 @@ class Saga(Generic[InputT, OutputT]):
         check_timeout(f"saga {name!r}: deadline", deadline)
         self.name = name
         self.input_type = input_type
+        self.interceptor: StepInterceptor | None = None
         self.version = version
         self.deadline = deadline
         if callable(steps) and not isinstance(steps, Sequence):
@@ -315,6 +334,16 @@ class Saga(Generic[InputT, OutputT]):
     def is_code(self) -> bool:
         """Whether this is a code saga (an async body) rather than a step list."""
         return self.body is not None
+
+    def intercepted(self, interceptor: StepInterceptor) -> Saga[InputT, OutputT]:
+        """A copy of this code saga whose every `ctx.step` passes through `interceptor`, which
+        may wrap its action and compensation or shorten its timeouts. A test kit's hook (the
+        fault kit wraps each call with it): keys, recorded calls and types are unchanged."""
+        if self.body is None:
+            raise DefinitionError(f"saga {self.name!r}: only a code saga can be intercepted")
+        clone = copy.copy(self)
+        clone.interceptor = interceptor
+        return clone
 
     def step_index(self, name: str) -> int:
         return self._index[name]

@@ -5,9 +5,10 @@ when the machine needs one; `commit` also persists it (the snapshot and the
 event, atomically, before anything acts on it). Around them, the lifecycle
 of a saga as the runtime sees it: `begin` (a spawn's first transition),
 `resume` and `suspend` (an operator, an escalation), `restore` (a stored
-snapshot completed from its history) and `report` (what a child tells its
-parent when it ends). Nothing else calls `transition`, except the tools that
-replay a history (`restore`'s fold, the timeline).
+snapshot completed from its history), `report` (what a child tells its
+parent when it ends) and `replay` (a body checked against its history).
+Nothing else calls `transition`, except the tools that replay a history
+(`restore`'s fold, the timeline).
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ from msgspec.structs import replace
 from ._body import BodyRun
 from ._commands import Finish
 from ._definition import Saga
-from ._errors import CorruptSagaError, InvalidTransitionError
+from ._errors import CorruptSagaError, InvalidTransitionError, NonDeterminismError
 from ._events import Event, Resumed, SagaStarted, Suspended
 from ._hosting import FreshStart
 from ._machine import initial_state, transition
 from ._model import NULL, ParentRef, SagaState
+from ._payload import decode_payload
 from ._store import HistoryEntry, InboxItem, Store, StoredSaga
 from ._transitions import Transition
 
@@ -206,3 +208,20 @@ async def suspend(store: Store, saga: Saga[Any, Any], saga_id: str, reason: str,
     `CorruptSagaError`, what `Store.save` raises."""
     stored = await restore(store, saga, saga_id)
     await commit(store, saga, stored.state, Suspended(at=at, reason=reason), None)
+
+
+def replay(
+    saga: Saga[Any, Any], saga_id: str, input_data: bytes, state: SagaState, *, at: float = 0.0
+) -> NonDeterminismError | None:
+    """Run a code saga's body against its recorded calls (`state` complete) without running
+    any action: the `NonDeterminismError` the body would hit now, or None if it follows
+    its history. `at` is what a fresh `ctx.now()` returns; nothing is written."""
+    if saga.body is None:
+        return None  # a step list cannot diverge from its own history
+    saga_input = decode_payload(input_data, saga.input_type, "input of saga", saga_id)
+    run = BodyRun(saga, saga_id, saga_input, state, now=lambda: at, rng=random.Random(0))
+    try:
+        run.start()
+    finally:
+        run.close()
+    return run.diverged

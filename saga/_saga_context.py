@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ._body import PendingCall, as_timestamp, return_type
 from ._calls import CallKind
-from ._definition import _is_async_callable, check_name, check_timeout
+from ._definition import InterceptedStep, _is_async_callable, check_name, check_timeout
 from ._errors import DefinitionError
 from ._payload import decode_payload, encode_payload
 from ._policy import RetryPolicy
@@ -91,7 +91,15 @@ class SagaContext:
                 raise DefinitionError(f"step {name!r}: {label} must be a RetryPolicy")
         check_timeout(f"step {name!r}: timeout", timeout)
         check_timeout(f"step {name!r}: compensation_timeout", compensation_timeout)
-        return PendingCall(
+        declared = action
+        interceptor = self._run.saga.interceptor
+        if interceptor is not None:
+            hooked = interceptor(
+                InterceptedStep(name, action, compensate, timeout, compensation_timeout)
+            )
+            action, compensate = hooked.action, hooked.compensate
+            timeout, compensation_timeout = hooked.timeout, hooked.compensation_timeout
+        call: PendingCall[T] = PendingCall(
             self._run,
             CallKind.STEP,
             name,
@@ -102,8 +110,10 @@ class SagaContext:
             compensation_retry=compensation_retry,
             timeout=timeout,
             compensation_timeout=compensation_timeout,
-            result_type=return_type(action) if result_type is _UNSET else result_type,
+            result_type=return_type(declared) if result_type is _UNSET else result_type,
         )
+        call.declared = declared
+        return call
 
     def child(
         self, saga: Saga[Any, T], input: Any, *, saga_id: str | None = None

@@ -9,8 +9,9 @@ history (`fold`, `timeline`), tests can drive the machine directly
 
 from ._actor import SagaActor
 from ._body import BodyRun, PendingCall
-from ._calls import Backoff, Calls, CallSpec, Raised, Reaction, Returned
+from ._calls import Backoff, CallKind, Calls, CallSpec, Raised, Reaction, Returned
 from ._commands import Advance, Command, Finish, RunCompensation, RunStep, ScheduleWakeup
+from ._definition import InterceptedStep, StepInterceptor
 from ._driver import (
     Begun,
     ChildReport,
@@ -19,6 +20,7 @@ from ._driver import (
     commit,
     decide,
     fold,
+    replay,
     report,
     restore,
     resume,
@@ -86,6 +88,7 @@ __all__ = (
     "Advance",
     # a code saga's recorded calls and reactions
     "CallSpec",
+    "CallKind",
     "Backoff",
     "Reaction",
     "Calls",
@@ -105,6 +108,9 @@ __all__ = (
     "suspend",
     "report",
     "ChildReport",
+    "replay",
+    "InterceptedStep",
+    "StepInterceptor",
     # hosting a saga actor
     "SagaActor",
     "SagaActorDeps",

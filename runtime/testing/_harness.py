@@ -12,6 +12,7 @@ the same file and the same services. Every wait is bounded in real time.
 from __future__ import annotations
 
 import random
+import unittest.mock
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import anyio
 import anyio.lowlevel
 
 from actors import RestartWithBackoff
-from saga import Saga, SagaNotFound, SagaStatus, StoreError, VirtualClock
+from saga import Saga, SagaNotFound, SagaStatus, StoreError, VirtualClock, engine
 from saga.store import SagaState
 
 from .._errors import SagaNotSuspendedError
@@ -39,6 +40,9 @@ SUPERVISION = RestartWithBackoff(
     min_backoff=0.001, max_backoff=0.004, random_factor=0.0, max_restarts=2, within=60.0
 )
 """Restart a crashed saga actor at once, and suspend it after the third crash in a row."""
+
+REPLAY_LATER = 86_400.0
+"""Seconds after the run's end at which the kit replays each code saga against its body."""
 
 _POLL = 0.002
 """Seconds of real time between two looks at an idle-in-the-making runtime."""
@@ -78,6 +82,8 @@ class Example:
         self.clock = VirtualClock()
         self.journal = Journal(self.clock)
         self.store_calls = 0
+        self.steps_seen: dict[str, bool] = {}
+        """Each step label a code saga called, and whether it had a compensation."""
         self._user_saga = saga
         self._inputs = list(inputs)
         self._plan = plan
@@ -95,6 +101,7 @@ class Example:
         self._crashes_allowed = True
         self._process: anyio.CancelScope | None = None
         self._violation: InvariantViolation | None = None
+        self._wall_offset = 0.0
         timeouts = {
             (f.step, f.compensating)
             for f in plan.faults
@@ -175,8 +182,12 @@ class Example:
             if (call.saga_id, call.step, call.kind) == (saga_id, step, kind)
         )
 
-    def step_name(self, index: int) -> str:
-        return self.saga.steps[index].name
+    def step_name(self, state: SagaState, index: int) -> str:
+        call = state.steps[index].call
+        return self.saga.steps[index].name if call is None else call.label
+
+    def saw_step(self, label: str, compensable: bool) -> None:
+        self.steps_seen.setdefault(label, compensable)
 
     async def crash(self, saga_id: str, why: str) -> NoReturn:
         self._crashes += 1
@@ -196,6 +207,15 @@ class Example:
 
         Raises `InvariantViolation` when the sagas do not end (see `Limits`).
         """
+        with unittest.mock.patch("time.time", self._wall_clock):
+            return await self._run()
+
+    def _wall_clock(self) -> float:
+        """`time.time()` during an example: the virtual clock (so a body that reads it
+        instead of `ctx.now()` is caught by the replay at the end, a day later)."""
+        return self.clock.now() + self._wall_offset
+
+    async def _run(self) -> FaultReport:
         while True:
             self._runtimes += 1
             self._crashing = False
@@ -239,6 +259,10 @@ class Example:
                 self._crashes_allowed = False
                 return await self._report(rt)
             suspended = [sid for sid in live if rows[sid] is SagaStatus.SUSPENDED]
+            for saga_id in suspended:
+                reason = (await rt.status(saga_id)).suspended_reason or ""
+                if "is not deterministic at call" in reason:
+                    await self._fail(rt, f"{saga_id}: its body is not deterministic: {reason}")
             if suspended:
                 await self._resume(rt, suspended)
                 stuck_since = None
@@ -327,12 +351,24 @@ class Example:
     async def _report(self, rt: Runtime) -> FaultReport:
         sagas: dict[str, SagaInfo] = {}
         snapshots: dict[str, SagaState] = {}
+        divergences: dict[str, str] = {}
         for saga_id in self._ids:
             try:
                 sagas[saga_id] = await rt.status(saga_id)
-                snapshots[saga_id] = (await rt.store.load(saga_id)).state
+                # complete: a code saga's stored snapshot holds only its open calls
+                stored = await engine.restore(rt.store, self.saga, saga_id)
             except SagaNotFound:
-                pass
+                continue
+            snapshots[saga_id] = stored.state
+            # Replayed a day later: a body that reads the wall clock (or anything not
+            # recorded) instead of going through `ctx` takes another path now.
+            self._wall_offset = REPLAY_LATER
+            diverged = engine.replay(
+                self.saga, saga_id, stored.input, stored.state, at=self.clock.now() + REPLAY_LATER
+            )
+            self._wall_offset = 0.0
+            if diverged is not None:
+                divergences[saga_id] = str(diverged)
         return FaultReport(
             plan=self._plan,
             saga=self._user_saga,
@@ -340,6 +376,7 @@ class Example:
             inputs=dict(zip(self._ids, self._inputs, strict=True)),
             sagas=sagas,
             snapshots=snapshots,
+            divergences=divergences,
             calls=tuple(self.journal.calls),
             notes=tuple(self.journal.notes),
             writes=tuple(self.journal.writes),

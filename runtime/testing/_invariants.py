@@ -25,7 +25,7 @@ from saga.engine import (
 from saga.store import SagaState
 
 from ._journal import Call
-from ._report import FaultReport
+from ._report import FaultReport, Position
 
 _MAY_HAVE_TAKEN_EFFECT = frozenset({StepStatus.SUCCEEDED, StepStatus.AMBIGUOUS})
 _NULL = b"null"
@@ -47,6 +47,11 @@ def check_saga(report: FaultReport, saga_id: str) -> list[str]:
     problems: list[str] = []
     if not info.status.is_terminal:
         problems.append(f"{saga_id}: it ended {info.status}, not completed/compensated/failed")
+    if saga_id in report.divergences:
+        problems.append(
+            f"{saga_id}: its body is not deterministic (replayed a day later, it makes other "
+            f"calls; read time and randomness through ctx): {report.divergences[saga_id]}"
+        )
     problems += _check_history(report, saga_id, snapshot)
     calls = report.calls_of(saga_id)
     problems += _check_steps(report, saga_id, snapshot, calls)
@@ -70,14 +75,14 @@ def _check_history(report: FaultReport, saga_id: str, snapshot: SagaState) -> li
             state, _ = transition(report.saga, state, entry.event)
         except InvalidTransitionError as exc:
             return [f"{saga_id}: history entry #{entry.seq} does not apply: {exc}"]
-    if state != snapshot:
+    if state != snapshot:  # a code saga's `snapshot` is the complete one (see `_report`)
         return [f"{saga_id}: the snapshot differs from the fold of its history"]
     problems = []
     for kind in (StepSucceeded, CompensationSucceeded):
         ends = Counter(e.event.step for e in history if isinstance(e.event, kind))
         for index, count in ends.items():
             if count > 1:
-                name = report.saga.steps[index].name
+                name = report.positions(saga_id)[index].name
                 problems.append(f"{saga_id}: {kind.__name__} of {name} recorded {count} times")
     return problems
 
@@ -88,11 +93,11 @@ def _check_steps(
     """What each step's final status says agrees with what its calls did."""
     problems: list[str] = []
     completed = snapshot.status is SagaStatus.COMPLETED
-    for definition, step in zip(report.saga.steps, snapshot.steps, strict=True):
-        name = definition.name
+    for position, step in zip(report.positions(saga_id), snapshot.steps, strict=True):
+        name = position.name
         if completed and step.status is not StepStatus.SUCCEEDED:
             problems.append(f"{saga_id}: completed, yet step {name} is {step.status}")
-        if definition.wait is not None:
+        if not position.wrapped:
             continue
         mine = [c for c in calls if c.kind == "action" and c.step == name]
         effects = [c for c in mine if c.took_effect]
@@ -118,7 +123,7 @@ def _check_steps(
                 f"{saga_id}: step {name} ran attempt(s) {beyond}, beyond the {step.attempts} "
                 "recorded"
             )
-        limit = definition.retry.maximum_attempts
+        limit = position.maximum_attempts
         if limit is not None and step.attempts > limit:
             problems.append(
                 f"{saga_id}: step {name} used {step.attempts} attempts, its policy allows {limit}"
@@ -130,13 +135,13 @@ def _check_compensations(
     report: FaultReport, saga_id: str, snapshot: SagaState, calls: list[Call]
 ) -> list[str]:
     """Exactly the steps that may have taken effect are compensated, newest first."""
-    saga = report.saga
+    positions = report.positions(saga_id)
     steps = snapshot.steps
-    names = [s.name for s in saga.steps]
+    names = [p.name for p in positions]
     expected = [
         names[i]
         for i in reversed(range(len(steps)))
-        if steps[i].status in _MAY_HAVE_TAKEN_EFFECT and saga.steps[i].compensate is not None
+        if steps[i].status in _MAY_HAVE_TAKEN_EFFECT and positions[i].compensable
     ]
     undo = [c for c in calls if c.kind == "compensation"]
     ran = [name for name, _ in itertools.groupby(c.step for c in undo)]
@@ -157,10 +162,10 @@ def _check_compensations(
                 f"{saga_id}: compensated, yet step(s) {missing} that may have taken effect "
                 "were not compensated"
             )
-        if ran != expected:
+        if not _in_group_order([c.step for c in undo], expected, positions):
             problems.append(
                 f"{saga_id}: compensations ran in the order {ran}; expected newest first, "
-                f"each to its end before the next: {expected}"
+                f"each to its end before the next (a parallel group's in any order): {expected}"
             )
     if status is SagaStatus.FAILED:
         problems += _check_failed(report, saga_id, snapshot, expected, ran)
@@ -191,11 +196,38 @@ def _check_compensations(
 _DONE = CompensationStatus.COMPENSATED
 
 
+def _groups(names: list[str], positions: list[Position]) -> list[set[str]]:
+    """`names` in runs of one parallel group each (a step outside a group is its own)."""
+    group = {p.name: (p.group if p.group is not None else -1 - i) for i, p in enumerate(positions)}
+    return [{*run} for _, run in itertools.groupby(names, key=lambda n: group.get(n, n))]
+
+
+def _stopped_at(
+    calls: list[str], expected: list[str], failed: str, positions: list[Position]
+) -> bool:
+    """The compensations before `failed`'s group ran in order, then (some of) its group, with
+    `failed` among them, and nothing after it."""
+    ran, wanted = _groups(calls, positions), _groups(expected, positions)
+    last = next(i for i, members in enumerate(wanted) if failed in members)
+    return (
+        len(ran) == last + 1
+        and ran[:last] == wanted[:last]
+        and failed in ran[last]
+        and ran[last] <= wanted[last]
+    )
+
+
+def _in_group_order(calls: list[str], expected: list[str], positions: list[Position]) -> bool:
+    """The compensation calls (by step, in order) ran `expected` newest first, each to its
+    end before the next; the members of one parallel group together, in any order."""
+    return _groups(calls, positions) == _groups(expected, positions)
+
+
 def _check_failed(
     report: FaultReport, saga_id: str, snapshot: SagaState, expected: list[str], ran: list[str]
 ) -> list[str]:
     """`failed` only when a compensation gave up; the ones before it ran, none after it."""
-    names = [s.name for s in report.saga.steps]
+    names = [p.name for p in report.positions(saga_id)]
     given_up = [names[i] for i, s in enumerate(snapshot.steps) if s.compensation is _FAILED]
     if not given_up:
         if snapshot.failure is not None and snapshot.failure.type == "saga.SignalTimeout":
@@ -206,8 +238,10 @@ def _check_failed(
     failed = given_up[0]
     if failed not in expected:
         return []  # reported as a stray compensation
-    prefix = expected[: expected.index(failed) + 1]
-    if ran != prefix:
+    positions = report.positions(saga_id)
+    calls = [c.step for c in report.calls_of(saga_id, kind="compensation")]
+    if not _stopped_at(calls, expected, failed, positions):
+        prefix = expected[: expected.index(failed) + 1]
         return [
             f"{saga_id}: failed at the compensation of {failed}; compensations ran {ran}, "
             f"expected {prefix}"
@@ -234,7 +268,7 @@ def _check_order(report: FaultReport, saga_id: str, calls: list[Call]) -> list[s
                 f"{saga_id}: forward action(s) {late_calls} ran after compensation began "
                 f"(compensation of {first.step})"
             )
-    names = [s.name for s in report.saga.steps]
+    names = [p.name for p in report.positions(saga_id)]
     for write in report.writes:
         if write.saga_id != saga_id:
             continue

@@ -67,11 +67,36 @@ class FaultInjection(Generic[S, I]):
         self._name = probe.name
         self._steps = frozenset(step.name for step in wrapped)
         self._compensable = frozenset(s.name for s in wrapped if s.compensate is not None)
+        self._is_code = probe.body is not None
+        self._max_faults = max_faults
+        self._kinds = faults
         shape = shape_of([s.name for s in wrapped], self._compensable)
-        self._plans = [
-            fault_plans(shape, sagas=count, max_faults=max_faults, kinds=faults)
-            for count in range(1, sagas_per_example + 1)
-        ]
+        self._plans = (
+            []  # a code saga's steps are known once it runs: see `_plans_for`
+            if self._is_code
+            else [
+                fault_plans(shape, sagas=count, max_faults=max_faults, kinds=faults)
+                for count in range(1, sagas_per_example + 1)
+            ]
+        )
+
+    def _plans_for(self, inputs: Sequence[I]) -> st.SearchStrategy[FaultPlan]:
+        """Plans for sagas of `inputs`. A code saga is rehearsed first, without faults, to
+        learn the steps its body calls for these inputs (its labels, `name#k` in loops)."""
+        if not self._is_code:
+            return self._plans[len(inputs) - 1]
+        seen = self._rehearse(inputs)
+        if not seen:
+            return st.just(FaultPlan())
+        shape = shape_of(list(seen), [label for label, undo in seen.items() if undo])
+        return fault_plans(shape, sagas=len(inputs), max_faults=self._max_faults, kinds=self._kinds)
+
+    def _rehearse(self, inputs: Sequence[I]) -> dict[str, bool]:
+        saga = self._build(self._services())
+        with tempfile.TemporaryDirectory(prefix="sagaloop-rehearsal-") as tmp:
+            example = Example(saga, inputs, FaultPlan(), Path(tmp) / "sagas.db", self._limits)
+            anyio.run(example.run, backend="asyncio")
+        return example.steps_seen
 
     def _build(self, services: S) -> Saga:
         saga = self._saga if isinstance(self._saga, Saga) else self._saga(services)
@@ -99,7 +124,7 @@ class FaultInjection(Generic[S, I]):
 
         def fault_injection_example(data: st.DataObject) -> None:
             drawn = data.draw(inputs, label="inputs")
-            self.run(drawn, data.draw(self._plans[len(drawn) - 1], label="plan"))
+            self.run(drawn, data.draw(self._plans_for(drawn), label="plan"))
 
         test = hypothesis.given(data=st.data())(fault_injection_example)
         test = hypothesis.settings(
@@ -129,6 +154,8 @@ class FaultInjection(Generic[S, I]):
         """
         plan = plan if plan is not None else FaultPlan()
         for fault in plan.faults:
+            if self._is_code:
+                break  # a code saga's step labels are known once it runs
             if isinstance(fault, StepFault | Crash) and fault.step is not None:
                 known = self._compensable if fault.compensating else self._steps
                 if isinstance(fault, StepFault) and fault.kind == "outage" and fault.compensating:

@@ -8,12 +8,29 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from saga import Saga, SagaStatus
+from saga import RetryPolicy, Saga, SagaStatus
+from saga.engine import CallKind as Kind
 from saga.store import SagaState
 
 from .._info import SagaInfo
 from ._journal import Call, CallKind, Note, Write
 from ._plan import Fault, FaultPlan
+
+_DEFAULT_RETRY = RetryPolicy().backoff  # what a call recorded without `retry` runs by
+
+
+@dataclass(frozen=True)
+class Position:
+    """One position of a saga as the invariants see it: a step of a list, or a call of a
+    code saga's body. `wrapped`: the kit wraps its callables (a step, not a wait or child)."""
+
+    name: str
+    compensable: bool
+    wrapped: bool
+    maximum_attempts: int | None
+    group: int | None = None
+    """The parallel group's first position (None: not in one): its compensations may run
+    in any order among themselves."""
 
 
 @dataclass(frozen=True)
@@ -26,7 +43,9 @@ class FaultReport:
     input. `calls` is every wrapped call of an action or compensation in
     order, `notes` every fault, crash, runtime start and resume, `writes`
     every history entry the store acknowledged. `fired` lists the faults
-    that fired (the others never found their target).
+    that fired (the others never found their target). `divergences` maps a
+    code saga to the `NonDeterminismError` its body hit when the kit replayed
+    its history at the end (a day later on the virtual clock).
     """
 
     plan: FaultPlan
@@ -35,6 +54,7 @@ class FaultReport:
     inputs: Mapping[str, Any]
     sagas: Mapping[str, SagaInfo]
     snapshots: Mapping[str, SagaState]
+    divergences: Mapping[str, str]
     calls: tuple[Call, ...]
     notes: tuple[Note, ...]
     writes: tuple[Write, ...]
@@ -43,6 +63,30 @@ class FaultReport:
     runtimes: int
     resumed: tuple[str, ...]
     acknowledged: frozenset[str]
+
+    def positions(self, saga_id: str) -> list[Position]:
+        """What each position of the saga's final snapshot is (a code saga's from its calls)."""
+        if self.saga.body is None:
+            return [
+                Position(
+                    s.name,
+                    s.compensate is not None,
+                    s.wait is None,
+                    s.retry.maximum_attempts,
+                    self.saga.group_of[i],
+                )
+                for i, s in enumerate(self.saga.steps)
+            ]
+        positions = []
+        for step in self.snapshots[saga_id].steps:
+            call = step.call
+            assert call is not None
+            retry = call.retry or _DEFAULT_RETRY
+            wrapped = call.kind is Kind.STEP
+            positions.append(
+                Position(call.label, call.compensable, wrapped, retry.maximum_attempts, call.group)
+            )
+        return positions
 
     def status(self, saga_id: str) -> SagaStatus | None:
         """The saga's final status (None: the saga does not exist)."""

@@ -57,7 +57,7 @@ class StoreInjector(Protocol):
         self, saga_id: str, at: CrashPoint, step: str, attempt: int, compensating: bool
     ) -> Crash | None: ...
 
-    def step_name(self, index: int) -> str: ...
+    def step_name(self, state: SagaState, index: int) -> str: ...
 
     async def crash(self, saga_id: str, why: str) -> NoReturn: ...
 
@@ -103,7 +103,7 @@ class FaultyStore(DelegatingStore):
             await self.inner.save(state, event, consumed=consumed, deliver=deliver)
             injector.journal.wrote(saga_id, state.seq, event)
             self._fail_after(saga_id, fault, what)
-            crash = self._crash_after(saga_id, event)
+            crash = self._crash_after(state, event)
         finally:
             injector.store_calls -= 1
         if crash is not None:
@@ -126,7 +126,8 @@ class FaultyStore(DelegatingStore):
         )
         raise StoreError(f"injected store fault: {what} committed but its acknowledgement was lost")
 
-    def _crash_after(self, saga_id: str, event: Event) -> str | None:
+    def _crash_after(self, state: SagaState, event: Event) -> str | None:
+        saga_id = state.saga_id
         injector = self._injector
         if isinstance(event, Recovered):
             if injector.take_crash(saga_id, "recovery", "", 0, False) is not None:
@@ -139,7 +140,7 @@ class FaultyStore(DelegatingStore):
                 compensating, verb = True, "the outcome of compensation"
             case _:
                 return None
-        step = injector.step_name(event.step)
+        step = injector.step_name(state, event.step)
         if injector.take_crash(saga_id, "after_record", step, event.attempt, compensating) is None:
             return None
         return f"crash after {verb} {step} attempt {event.attempt} was recorded"

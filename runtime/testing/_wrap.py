@@ -10,12 +10,14 @@ targets at it, and otherwise calls the user's callable unchanged.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, NoReturn, Protocol
 
 import anyio
 
 from saga import Saga, Step, StepContext
+from saga.engine import InterceptedStep
 
 from ._errors import InjectedPermanentError, InjectedTransientError
 from ._journal import CallKind, Journal
@@ -46,6 +48,10 @@ class Injector(Protocol):
         """The unfired step fault targeted at this attempt, now fired."""
         ...
 
+    def saw_step(self, label: str, compensable: bool) -> None:
+        """A code saga called step `label` (the kit learns a code saga's shape by running it)."""
+        ...
+
     def may_have_taken_effect(self, saga_id: str, step: str, kind: CallKind) -> bool:
         """Whether a call of this step (or compensation) may already have taken effect."""
         ...
@@ -61,9 +67,49 @@ def wrap_saga(saga: Saga, injector: Injector, timeouts: Collection[tuple[str, bo
     `timeouts` lists (step, compensating) pairs the plan injects a timeout
     into: their timeout is cut to `FAULT_TIMEOUT`.
     """
+    if saga.body is not None:
+        return saga.intercepted(functools.partial(_intercept, injector, timeouts))
     clone = copy.copy(saga)
     clone.steps = tuple(_wrap_step(step, injector, timeouts) for step in saga.steps)
     return clone
+
+
+def _label(ctx: StepContext) -> str:
+    """A code saga's call label (`name` or `name#k`), from its key `saga_id:label[:compensate]`."""
+    label = ctx.idempotency_key[len(ctx.saga_id) + 1 :]
+    return label.removesuffix(":compensate") if ctx.compensating else label
+
+
+def _intercept(
+    injector: Injector, timeouts: Collection[tuple[str, bool]], step: InterceptedStep
+) -> InterceptedStep:
+    """A code saga's `ctx.step` call wired to `injector`; faults target its label."""
+    action, compensate = step.action, step.compensate
+    names = {(label.partition("#")[0], undo) for label, undo in timeouts}
+
+    async def wrapped_action(ctx: StepContext, *args: Any) -> Any:
+        label = _label(ctx)
+        injector.saw_step(label, compensate is not None)
+        return await _call(injector, "action", ctx, None, lambda: action(ctx, *args), label)
+
+    wrapped_compensate = None
+    if compensate is not None:
+        undo = compensate
+
+        async def wrapped_compensate(ctx: StepContext, *args: Any) -> Any:
+            result = args[-1]
+            return await _call(
+                injector, "compensation", ctx, result, lambda: undo(ctx, *args), _label(ctx)
+            )
+
+    timeout, compensation_timeout = step.timeout, step.compensation_timeout
+    if (step.name, False) in names:
+        timeout = _shorter(timeout)
+    if (step.name, True) in names:
+        compensation_timeout = _shorter(compensation_timeout)
+    return InterceptedStep(
+        step.name, wrapped_action, wrapped_compensate, timeout, compensation_timeout
+    )
 
 
 def _wrap_step(step: Step, injector: Injector, timeouts: Collection[tuple[str, bool]]) -> Step:
@@ -108,10 +154,11 @@ async def _call(
     ctx: StepContext,
     given: Any,
     real: Callable[[], Awaitable[Any]],
+    label: str | None = None,
 ) -> Any:
     await injector.alive()
     journal = injector.journal
-    saga_id, step, attempt = ctx.saga_id, ctx.step, ctx.attempt
+    saga_id, step, attempt = ctx.saga_id, label or ctx.step, ctx.attempt
     compensating = kind == "compensation"
     what = f"{kind} {step} attempt {attempt}"
 
