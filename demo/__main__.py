@@ -5,7 +5,10 @@ out-of-stock failure that compensates in reverse order; 4. a crash: a child
 process is SIGKILLed inside a step and this process resumes the saga from
 the database to its end; 5. three large refunds waiting for a manager's
 approval (approved, rejected, never answered: three days pass on a
-virtual clock).
+virtual clock); 6. the same checkout as code sagas: the seed's
+`checkoutWorkflow` with its try/except, beside the version whose runtime
+compensates automatically; 7. a code saga SIGKILLed mid-step and resumed
+from the database by replaying its body.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from runtime import Runtime, SagaCompensated, SagaError, SagaHandle, SagaStatus, VirtualClock
 
 from .checkout import FakeServices, build_checkout, order
+from .code_checkout import build_auto_checkout, build_manual_checkout
 from .crash_child import CRASH_POINT
 from .refund import THREE_DAYS, Approval, Refund, RefundDesk, build_refund
 
@@ -29,7 +34,7 @@ def banner(title: str) -> None:
     print(f"\n=== {title} " + "=" * max(0, 66 - len(title)))
 
 
-async def show(rt: Runtime, handle: SagaHandle[dict[str, object]]) -> None:
+async def show(rt: Runtime, handle: SagaHandle[Any]) -> None:
     try:
         output = await handle.result(timeout=30)
         print(f"result: completed -> {output}")
@@ -64,10 +69,11 @@ async def in_process_scenarios(database: Path) -> None:
         print(f"  {line}")
 
 
-def crash_child(database: Path) -> None:
-    banner("4. crash: SIGKILL mid-saga, resume from the database")
+def crash_child(database: Path, style: str = "list") -> None:
+    if style == "list":
+        banner("4. crash: SIGKILL mid-saga, resume from the database")
     child = subprocess.Popen(
-        [sys.executable, "-m", "demo.crash_child", str(database)],
+        [sys.executable, "-m", "demo.crash_child", str(database), style],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -127,6 +133,25 @@ async def refunds_waiting_for_approval(database: Path) -> None:
         print(f"  {line}")
 
 
+async def code_sagas(database: Path) -> None:
+    banner("6. sagas as code: the seed's try/except, and automatic compensation")
+    for build in (build_manual_checkout, build_auto_checkout):
+        services = FakeServices()
+        saga = build(services)
+        async with Runtime(database, sagas=[saga]) as rt:
+            print(f"\n{saga.name}: a chair is out of stock")
+            await show(rt, await rt.spawn(saga, order("order-2003", ("chair", 1))))
+        print("side effects:", "; ".join(services.log))
+
+
+async def resume_code_saga(database: Path) -> None:
+    services = FakeServices()
+    async with Runtime(database, sagas=[build_auto_checkout(services)]) as rt:
+        print("a new runtime replayed the body against its recorded calls and went on")
+        await show(rt, rt.handle("order-2004"))
+    print("side effects in this process:", "; ".join(services.log))
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sagaloop-demo-") as folder:
         database = Path(folder) / "checkout.db"
@@ -135,6 +160,11 @@ def main() -> None:
         crash_child(database)
         anyio.run(resume_after_crash, database)
         anyio.run(refunds_waiting_for_approval, Path(folder) / "refunds.db")
+        code_database = Path(folder) / "code.db"
+        anyio.run(code_sagas, code_database)
+        banner("7. a code saga SIGKILLed mid-step, resumed from the database")
+        crash_child(code_database, "code")
+        anyio.run(resume_code_saga, code_database)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""The process the demo SIGKILLs: it starts a checkout and hangs inside reserve_inventory."""
+"""The process the demo SIGKILLs: it starts a checkout and hangs inside reserve_inventory.
+
+`python -m demo.crash_child DATABASE [list|code]`: the step-list checkout
+(order-1004) or the code-saga one (order-2004).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from runtime import Runtime
 from saga import StepContext
 
 from .checkout import FakeServices, Order, build_checkout, order
+from .code_checkout import build_auto_checkout
 
 CRASH_POINT = "inside reserve_inventory"
 
@@ -21,12 +26,17 @@ class HangingServices(FakeServices):
         raise AssertionError("unreachable")
 
 
-async def main(database: str) -> None:
+async def main(database: str, style: str) -> None:
     services = HangingServices()
-    async with Runtime(database, sagas=[build_checkout(services)]) as rt:
-        handle = await rt.spawn("checkout", order("order-1004", ("lamp", 1)), saga_id="order-1004")
+    if style == "code":
+        saga = build_auto_checkout(services)
+        saga_id = "order-2004"
+    else:
+        saga, saga_id = build_checkout(services), "order-1004"
+    async with Runtime(database, sagas=[saga]) as rt:
+        handle = await rt.spawn(saga, order(saga_id, ("lamp", 1)), saga_id=saga_id)
         await handle.result()
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1])
+    anyio.run(main, sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "list")
