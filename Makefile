@@ -8,7 +8,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev,postgres]'
 	touch $@
 
-.PHONY: demo test check lint typecheck bench bench-waiting bench-growth bench-scale-out clean
+.PHONY: demo test check lint typecheck bench bench-loop bench-waiting bench-growth bench-scale-out clean
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo
 
@@ -28,6 +28,9 @@ check: lint typecheck test
 # Set SAGALOOP_DBOS_PYTHON to a Python with dbos==3.4.0 to add the DBOS anchor.
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench.checkout
+
+bench-loop: $(BIN)/.installed
+	$(BIN)/python -m bench.loop
 
 bench-waiting: $(BIN)/.installed
 	$(BIN)/python -m bench.waiting
