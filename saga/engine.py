@@ -9,7 +9,7 @@ history (`fold`, `timeline`), tests can drive the machine directly
 
 from ._actor import SagaActor
 from ._body import BodyRun, PendingCall
-from ._calls import Backoff, CallKind, Calls, CallSpec, Raised, Reaction, Returned
+from ._calls import Backoff, Calls, CallSpec, Raised, Reaction, Returned
 from ._commands import Advance, Command, Finish, RunCompensation, RunStep, ScheduleWakeup
 from ._definition import InterceptedStep, StepInterceptor
 from ._driver import (
@@ -88,7 +88,6 @@ __all__ = (
     "Advance",
     # a code saga's recorded calls and reactions
     "CallSpec",
-    "CallKind",
     "Backoff",
     "Reaction",
     "Calls",

@@ -21,6 +21,19 @@ DONE = "DONE"
 """What every child prints once its sagas have all ended."""
 
 
+def sigkill(process: Process) -> None:
+    """SIGKILL `process` unless it has ended, without reaping it.
+
+    `Popen.kill` polls (waitpid) before signalling; when the child has just
+    exited on its own that poll reaps it, and asyncio's watcher thread, blocked
+    in its own waitpid, then reports exit code 255. `os.kill` on a zombie is
+    harmless, and only the watcher reaps.
+    """
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):  # already reaped
+            os.kill(process.pid, signal.SIGKILL)
+
+
 @dataclass
 class Child:
     process: Process
@@ -53,9 +66,7 @@ class Child:
 
     async def kill(self) -> bool:
         """SIGKILL the child unless it already ended cleanly; return whether it was killed."""
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):  # it just ended
-                self.process.kill()
+        sigkill(self.process)
         code = await self.process.wait()
         assert code in (0, -signal.SIGKILL), f"child failed ({code}):\n{self.stderr()[-4000:]}"
         if code == 0:
@@ -81,8 +92,6 @@ async def open_child(
                     process, stderr_path, BufferedByteReceiveStream(process.stdout), timeout
                 )
             finally:
-                if process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
+                sigkill(process)
                 with anyio.CancelScope(shield=True):
                     await process.wait()

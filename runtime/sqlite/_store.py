@@ -4,12 +4,16 @@ Every write (a new saga, a transition, a quarantine) joins the current
 batch; one writer task commits the whole batch in one `BEGIN IMMEDIATE`
 transaction and then wakes every waiter at once, so a hundred sagas share
 one fsync. Reads use a second connection and see committed data only (WAL).
-A lock file keeps a second runtime off the same database.
+An exclusive `flock` on the database file itself keeps a second runtime off
+it: the lock belongs to the file (its inode), so no other path to it (a
+symlink, a hard link, another mount) gets past. SQLite's own locks are
+POSIX record locks, which `flock` does not touch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
@@ -54,6 +58,37 @@ NEXT_WAKE_AT = (
     f"SELECT min(wake_at) FROM sagas WHERE wake_at IS NOT NULL AND +status IN ({_LIVE_MARKS})"
 )
 _SELECT_CHUNK = 500
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_HELD_FILES: set[tuple[int, int]] = set()
+"""(device, inode) of every database file a store in this process holds."""
+
+
+def _identity(stat: os.stat_result) -> tuple[int, int]:
+    return stat.st_dev, stat.st_ino
+
+
+def open_database_file(path: Path) -> int:
+    """A read-write descriptor of the database file (created if missing), or a clear
+    `StoreError` for a path that cannot be one: a missing folder, a folder, a file that
+    is not SQLite, no permission to write."""
+    where = f"cannot open {path} as a Sagaloop database"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:
+        raise StoreError(f"{where}: its folder {path.parent} does not exist") from None
+    except IsADirectoryError:
+        raise StoreError(f"{where}: it is a folder") from None
+    except PermissionError:
+        raise StoreError(f"{where}: no permission to read and write it") from None
+    except OSError as exc:
+        raise StoreError(f"{where}: {exc.strerror or exc}") from exc
+    header = os.pread(fd, len(_SQLITE_HEADER), 0)
+    if header and header != _SQLITE_HEADER[: len(header)]:
+        os.close(fd)
+        raise StoreError(f"{where}: it is not an SQLite file (it starts {header[:16]!r})")
+    return fd
 
 
 class SqliteStore:
@@ -133,20 +168,30 @@ class SqliteStore:
         self._reader = self._writer = None
 
     def _lock(self) -> None:
-        lock_path = f"{self.path}.lock"
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # Closing any descriptor of a file drops every POSIX lock this process holds on
+        # it, SQLite's included, so a second store on a file this process already holds
+        # is refused before it opens one.
+        with contextlib.suppress(OSError):  # a missing file: open_database_file says why
+            if _identity(os.stat(self.path)) in _HELD_FILES:
+                raise self._locked()
+        fd = open_database_file(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise StoreLockedError(
-                f"{self.path} is open in another runtime (lock file {lock_path}); "
-                "one SQLite database serves one runtime"
-            ) from None
+            raise self._locked() from None
         self._lock_fd = fd
+        _HELD_FILES.add(_identity(os.fstat(fd)))
+
+    def _locked(self) -> StoreLockedError:
+        return StoreLockedError(
+            f"{self.path} is open in another runtime (perhaps through another path to "
+            "the same file); one SQLite database serves one runtime"
+        )
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
+            _HELD_FILES.discard(_identity(os.fstat(self._lock_fd)))
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 

@@ -8,8 +8,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from saga import CallKind as Kind
 from saga import RetryPolicy, Saga, SagaStatus
-from saga.engine import CallKind as Kind
 from saga.store import SagaState
 
 from .._info import SagaInfo

@@ -48,6 +48,22 @@ async def test_list_and_show_read_the_database(
     assert "no saga with id 'missing'" in capsys.readouterr().err
 
 
+async def test_the_cli_reads_beside_a_running_runtime(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "cli.db"
+    async with Runtime(db, sagas=[SAGA]) as rt:
+        with pytest.raises(Exception, match="compensated"):
+            await (await rt.spawn(SAGA, 1, saga_id="a")).result(timeout=10)
+        assert await anyio.to_thread.run_sync(main, ["list", str(db)]) == 0
+        assert capsys.readouterr().out.splitlines()[1].split()[:3] == ["a", "cli", "compensated"]
+        # The CLI closing its connection left the runtime's locks and WAL alone.
+        with pytest.raises(Exception, match="compensated"):
+            await (await rt.spawn(SAGA, 2, saga_id="b")).result(timeout=10)
+    assert main(["list", str(db), "--status", "compensated"]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
 def test_a_missing_database_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="no such database"):
         main(["list", str(tmp_path / "nope.db")])

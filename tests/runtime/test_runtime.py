@@ -4,7 +4,7 @@ Each test drives real sagas through `Runtime`: steps that succeed, retry, time
 out or fail for good; compensations newest first; exactly-once spawn; status
 and timeline; restarts of the runtime mid-step; supervision of crashing
 actors; corrupt rows. Tests taking `database` run on both stores; those about
-SQLite itself (the lock file, raw rows, probes around a `SqliteStore`) take
+SQLite itself (the file lock, raw rows, probes around a `SqliteStore`) take
 `db`. Nothing here sleeps to wait: tests wait on events the steps set, on the
 saga's outcome, or on what the store made durable.
 """

@@ -1,10 +1,12 @@
-"""What only `SqliteStore` does: schema versions, pragmas, the lock file, its row counter,
+"""What only `SqliteStore` does: schema versions, pragmas, the file lock, its row counter,
 corrupt column types. The `Store` contract both stores keep is in test_store_contract.py."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from runtime import (
 from runtime.sqlite import _store as _sqlite_store
 from runtime.sqlite import _writer as _sqlite_writer
 from runtime.sqlite._schema import MIGRATIONS, SCHEMA_VERSION
-from saga import ErrorInfo, FailureKind
+from saga import ErrorInfo, FailureKind, StoreError
 from saga.engine import Recovered, StepFailed, TimerFired, transition
 from saga.store import StaleStateError
 from tests.runtime.test_store_contract import PAIR, T0, new_saga, step_succeeded
@@ -91,6 +93,59 @@ async def test_second_store_on_an_open_file_is_locked_out(
             pass
     saga, event = new_saga("still-usable")
     assert await store.create(saga, event) is None
+
+
+async def test_the_lock_follows_the_file_not_the_path(store: SqliteStore, db_path: Path) -> None:
+    (db_path.parent / "alias.db").symlink_to(db_path)
+    os.link(db_path, db_path.parent / "hard.db")
+    for other in ("alias.db", "hard.db"):
+        with pytest.raises(StoreLockedError, match="another path"):
+            async with SqliteStore(db_path.parent / other):
+                pass
+    saga, event = new_saga("still-usable")
+    assert await store.create(saga, event) is None
+
+
+async def test_a_file_flocked_elsewhere_is_locked_out(db_path: Path) -> None:
+    async with SqliteStore(db_path):
+        pass
+    fd = os.open(db_path, os.O_RDWR)  # stands in for another process's runtime
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(StoreLockedError):
+            async with SqliteStore(db_path):
+                pass
+    finally:
+        os.close(fd)
+    async with SqliteStore(db_path):  # released with its holder
+        pass
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "missing" / "sagas.db", "folder .* does not exist"),
+        (lambda p: p, "it is a folder"),
+        (lambda p: _write(p / "notes.txt", b"shopping list\n"), "not an SQLite file"),
+    ],
+    ids=["missing-folder", "folder", "text-file"],
+)
+async def test_a_path_that_cannot_be_a_database_is_a_clear_store_error(
+    tmp_path: Path, make: Callable[[Path], Path], message: str
+) -> None:
+    path = make(tmp_path)
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(StoreError, match=message):
+        async with SqliteStore(path):
+            pass
+    if before is not None:
+        assert path.read_bytes() == before  # nothing written to someone else's file
+    assert not (tmp_path / "missing").exists()
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
 
 
 async def test_group_commit_counts_the_rows_of_one_transaction(store: SqliteStore) -> None:
