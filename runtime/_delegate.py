@@ -91,6 +91,9 @@ class DelegatingStore:
     async def next_wake_at(self, after: float | None = None) -> float | None:
         return await self.inner.next_wake_at(after)
 
+    async def unreadable_wake_ups(self) -> Sequence[tuple[str, str]]:
+        return await self.inner.unreadable_wake_ups()
+
     async def list_sagas(
         self,
         *,

@@ -41,6 +41,7 @@ from saga.store import (
     ParentRef,
     SagaState,
     SharedStore,
+    StaleStateError,
     Store,
 )
 
@@ -95,7 +96,7 @@ class SagaHost:
         self._clock = clock
         self._mailbox_size = mailbox_size
         self.supervisor = Supervisor(supervision, on_escalate=self._on_escalate, rng=rng)
-        self.timers = TimerService(clock, store, self.wake)
+        self.timers = TimerService(clock, store, self.wake, self.quarantine)
         self._nudges: dict[str, Nudges] = {}
         self._waiters: dict[str, _Waiter] = {}
         self._retry_delays: dict[str, float] = {}
@@ -380,6 +381,23 @@ class SagaHost:
             except Exception:
                 delay = min(60.0, 2 * delay)
                 logger.exception("saga %r could not be restarted; trying in %.1f s", saga_id, delay)
+
+    async def quarantine(self, saga_id: str, reason: str) -> None:
+        """Suspend a saga whose row was edited into nonsense, with `reason`: through the
+        engine when its snapshot is sound (so `result()` and `resume` see it), else on
+        the row alone (an unreadable snapshot, or a saga that has ended)."""
+        logger.error("saga %r quarantined: %s", saga_id, reason)
+        try:
+            stored = await self._store.load(saga_id)
+            saga = self._sagas.get(stored.saga_name)
+            if saga is not None and stored.state.status.is_live:
+                await engine.suspend(self._store, saga, saga_id, reason, self._clock.now())
+                return
+        except (StaleStateError, LeaseLostError):
+            return  # its actor moved it meanwhile: a later look sees the new row
+        except (CorruptSagaError, InvalidTransitionError):
+            pass
+        await self._store.quarantine(saga_id, reason)
 
     async def _on_escalate(self, saga_id: str, error: Exception) -> None:
         reason = f"its actor kept crashing; last error: {type(error).__name__}: {error}"

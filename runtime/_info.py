@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from saga import CallKind, CompensationStatus, ErrorInfo, Saga, SagaStatus, StepStatus
 from saga.engine import check_fits, label, timeline
 from saga.engine import kind_of as kind
-from saga.store import HistoryEntry, SagaState
+from saga.store import HistoryEntry, SagaRow, SagaState
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,3 +160,27 @@ class SagaPage:
 
     items: tuple[SagaSummary, ...]
     next_after: str | None
+
+
+_STATUSES = frozenset(status.value for status in SagaStatus)
+
+
+def row_problem(row: SagaRow) -> str | None:
+    """Why a listed row cannot be a saga (a column edited by hand), or None."""
+    if not isinstance(row.saga_name, str):
+        return f"its saga_name column holds {row.saga_name!r}, not a name"
+    if row.status not in _STATUSES:
+        return f"its status column holds {row.status!r}, not a saga status"
+    for column in ("wake_at", "updated_at"):
+        value = getattr(row, column)
+        if value is None and column == "wake_at":
+            continue
+        if not _is_time(value):
+            return f"its {column} column holds {value!r}, not a time"
+    if row.waiting_for is not None and not isinstance(row.waiting_for, str):
+        return f"its waiting_for column holds {row.waiting_for!r}, not a signal name"
+    return None
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, float | int) and not isinstance(value, bool) and math.isfinite(value)

@@ -32,7 +32,7 @@ from saga import (
     engine,
 )
 from saga.engine import decode_payload, encode_payload
-from saga.store import InboxItem, SagaState, StaleStateError, Store
+from saga.store import InboxItem, SagaRow, SagaState, StaleStateError, Store
 
 from ._errors import (
     DuplicateSagaError,
@@ -46,7 +46,7 @@ from ._errors import (
 )
 from ._handle import SagaHandle
 from ._host import SagaHost
-from ._info import SagaInfo, SagaPage, SagaSummary, saga_info
+from ._info import SagaInfo, SagaPage, SagaSummary, row_problem, saga_info
 from .sqlite import SqliteStore, Synchronous
 
 logger = logging.getLogger("runtime")
@@ -422,8 +422,15 @@ class Runtime:
         )
         more = len(rows) > limit
         del rows[limit:]
-        items = tuple(
-            SagaSummary(
+        items = tuple([await self._summary(row) for row in rows])
+        return SagaPage(items, items[-1].saga_id if more else None)
+
+    async def _summary(self, row: SagaRow) -> SagaSummary:
+        """`row` as listed; a row edited by hand into nonsense is quarantined, so that
+        it is listed (suspended, with its reason) and harms no other row of the page."""
+        problem = row_problem(row)
+        if problem is None:
+            return SagaSummary(
                 saga_id=row.saga_id,
                 saga_name=row.saga_name,
                 status=SagaStatus(row.status),
@@ -431,9 +438,16 @@ class Runtime:
                 wake_at=row.wake_at,
                 updated_at=row.updated_at,
             )
-            for row in rows
+        await self._host.quarantine(row.saga_id, problem)
+        updated_at = row.updated_at if isinstance(row.updated_at, float | int) else 0.0
+        return SagaSummary(
+            saga_id=row.saga_id,
+            saga_name=str(row.saga_name),
+            status=SagaStatus.SUSPENDED,
+            waiting_for=None,
+            wake_at=None,
+            updated_at=float(updated_at),
         )
-        return SagaPage(items, items[-1].saga_id if more else None)
 
     # -- outcomes ----------------------------------------------------------
 

@@ -22,6 +22,8 @@ logger = logging.getLogger("runtime")
 
 WakeHandler = Callable[[str, str | None], Awaitable[None]]
 """`wake(saga_id, saga_name_or_none)`: the saga's time has come."""
+QuarantineHandler = Callable[[str, str], Awaitable[None]]
+"""`quarantine(saga_id, why)`: the saga's row holds no wake-up time."""
 
 _SWEEP_PAGE = 500
 
@@ -34,10 +36,13 @@ class TimerService:
     that moment earlier when a saga starts a shorter wait.
     """
 
-    def __init__(self, clock: Clock, store: Store, wake: WakeHandler) -> None:
+    def __init__(
+        self, clock: Clock, store: Store, wake: WakeHandler, quarantine: QuarantineHandler
+    ) -> None:
         self._clock = clock
         self._store = store
         self._wake = wake
+        self._quarantine = quarantine
         self._heap: list[tuple[float, int, str]] = []
         self._order = itertools.count()
         self._store_next = -math.inf  # sweep the store at once on start
@@ -109,6 +114,8 @@ class TimerService:
     async def _sweep(self, now: float) -> None:
         """Wake every passivated saga due by `now`, page by page."""
         self.sweeps += 1
+        for saga_id, why in await self._store.unreadable_wake_ups():
+            await self._quarantine(saga_id, why)
         after: tuple[float, str] | None = None
         while True:
             page: list[DueSaga] = list(await self._store.due(now, after=after, limit=_SWEEP_PAGE))

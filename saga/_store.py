@@ -167,6 +167,12 @@ class Store(Protocol):
         """The earliest wake-up time of a live saga (strictly after `after`, if given)."""
         ...
 
+    async def unreadable_wake_ups(self) -> Sequence[tuple[str, str]]:
+        """Live sagas whose `wake_at` column holds no time (edited by hand: text, NaN,
+        an infinity), as (saga_id, why), a page at most. Such a saga would never wake;
+        the runtime suspends it with that reason."""
+        ...
+
     async def list_sagas(
         self,
         *,

@@ -469,6 +469,15 @@ class PostgresStore(Ownership):
         value: float | None = rows[0][0] if rows else None
         return value
 
+    async def unreadable_wake_ups(self) -> Sequence[tuple[str, str]]:
+        rows = await self._fetch(
+            "SELECT s.saga_id, s.wake_at::text FROM sagas s WHERE s.wake_at IN "
+            f"('NaN', 'Infinity', '-Infinity') AND s.status IN {LIVE} "
+            f"AND (s.owner = $1 OR {OWNER_IS_GONE}) LIMIT 100",
+            self._runtime_id,
+        )
+        return [(saga_id, f"its wake_at column holds {text}, not a time") for saga_id, text in rows]
+
     async def list_sagas(
         self,
         *,

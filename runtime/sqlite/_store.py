@@ -54,10 +54,20 @@ DUE = (
     "SELECT saga_id, saga_name, wake_at FROM sagas "
     f"WHERE wake_at IS NOT NULL AND wake_at <= ? AND +status IN ({_LIVE_MARKS})"
 )
-NEXT_WAKE_AT = (
-    f"SELECT min(wake_at) FROM sagas WHERE wake_at IS NOT NULL AND +status IN ({_LIVE_MARKS})"
+# SQLite sorts text and blobs after every number: `wake_at < ''` keeps the times, and
+# `wake_at >= ''` finds a hand-edited value that is not one (both on the index).
+NEXT_WAKE_AT = f"SELECT min(wake_at) FROM sagas WHERE wake_at < '' AND +status IN ({_LIVE_MARKS})"
+NOT_A_TIME = (
+    "SELECT saga_id, quote(wake_at) FROM sagas WHERE (wake_at >= '' OR wake_at IN "
+    f"(9e999, -9e999)) AND +status IN ({_LIVE_MARKS}) LIMIT 100"
 )
 _SELECT_CHUNK = 500
+# Suspended with its reason; a column that is not a time is cleared, so that the row
+# lists, sorts and sweeps like any other.
+_QUARANTINE = (
+    "UPDATE sagas SET status='suspended', error=?, wake_at=NULL, updated_at=CASE "
+    "WHEN typeof(updated_at) IN ('real', 'integer') THEN updated_at ELSE 0 END WHERE saga_id=?"
+)
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -247,9 +257,7 @@ class SqliteStore:
 
     async def quarantine(self, saga_id: str, reason: str) -> None:
         batch = self._enqueue()
-        batch.statements.append(
-            ("UPDATE sagas SET status='suspended', error=? WHERE saga_id=?", (reason, saga_id))
-        )
+        batch.statements.append((_QUARANTINE, (reason, saga_id)))
         await batch.done.wait()
         self._check(batch)
 
@@ -384,6 +392,12 @@ class SqliteStore:
         rows = await _fetch(self._read_conn(), sql, params)
         value: float | None = rows[0][0] if rows else None
         return value
+
+    async def unreadable_wake_ups(self) -> Sequence[tuple[str, str]]:
+        rows = await _fetch(self._read_conn(), NOT_A_TIME, _LIVE_STATUSES)
+        return [
+            (saga_id, f"its wake_at column holds {quoted}, not a time") for saga_id, quoted in rows
+        ]
 
     async def list_sagas(
         self,

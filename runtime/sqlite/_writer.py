@@ -11,12 +11,13 @@ milliseconds per batch.
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus
+from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus, StoreError
 from saga.store import SagaState, StaleStateError, StoredSaga
 
 from .._codec import encode_event, encode_state
@@ -98,9 +99,45 @@ class BatchWriter:
         try:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._migrate()
+            self._files = self._identities()
         except BaseException:
             self._conn.close()
             raise
+        self._lost_files: str | None = None
+        """Why this writer refuses every batch (its files were deleted or replaced)."""
+
+    def _identities(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
+        """(device, inode) of the database file and of its write-ahead log."""
+        try:
+            db, wal = os.stat(self.path), os.stat(f"{self.path}-wal")
+        except FileNotFoundError:
+            return None
+        return (db.st_dev, db.st_ino), (wal.st_dev, wal.st_ino)
+
+    def _check_files(self) -> None:
+        """Refuse to acknowledge anything once the files under the connection changed.
+
+        SQLite keeps writing to a deleted `-wal` through its open descriptor, and
+        a crash then loses everything in it: acknowledged sagas among it. So on
+        the first sight of it, checkpoint the log into the database file (what
+        is in it is saved) and refuse every batch from then on.
+        """
+        if self._lost_files is None:
+            now = self._identities()
+            if now == self._files:
+                return
+            if self._files is None:  # no log yet when it opened: the first one is its own
+                self._files = now
+                return
+            self._lost_files = (
+                f"the SQLite files of {self.path} were deleted or replaced while this "
+                "runtime had them open (its -wal file is gone or another file); writes "
+                "can no longer be made durable, so this runtime acknowledges nothing "
+                "more: stop it and start it again on the database"
+            )
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("PRAGMA wal_checkpoint(FULL)")
+        raise StoreError(self._lost_files)
 
     def close(self) -> None:
         self._conn.close()
@@ -127,6 +164,7 @@ class BatchWriter:
     def commit(self, batch: Batch) -> None:
         """Write `batch` in one transaction; per-op refusals land in each op's `error`."""
         conn = self._conn
+        self._check_files()
         conn.execute("BEGIN IMMEDIATE")
         try:
             history: list[tuple[object, ...]] = []
@@ -145,6 +183,7 @@ class BatchWriter:
                     "INSERT INTO history(saga_id, seq, at, event) VALUES (?, ?, ?, ?)", history
                 )
             conn.execute("COMMIT")
+            self._check_files()  # deleted during this batch: it is saved, not acknowledged
         except BaseException:
             self._hints.clear()  # they may describe writes that were rolled back
             # The failed statement may already have rolled the transaction back.

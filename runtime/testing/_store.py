@@ -181,6 +181,10 @@ class FaultyStore(DelegatingStore):
         async with self._call():
             return await self.inner.next_wake_at(after)
 
+    async def unreadable_wake_ups(self) -> Sequence[tuple[str, str]]:
+        async with self._call():
+            return await self.inner.unreadable_wake_ups()
+
     async def list_sagas(
         self,
         *,

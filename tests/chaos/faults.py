@@ -361,6 +361,9 @@ class FaultyStore(DelegatingStore):
     async def next_wake_at(self, after: float | None = None) -> float | None:
         return await self._read(lambda: self.inner.next_wake_at(after))
 
+    async def unreadable_wake_ups(self) -> Sequence[tuple[str, str]]:
+        return await self._read(self.inner.unreadable_wake_ups)
+
     async def list_sagas(
         self,
         *,

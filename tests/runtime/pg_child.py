@@ -34,6 +34,8 @@ from .crash_child import DONE, READY, build_checkout, order_input, saga_id
 from .ledger import Ledger
 
 RUNTIME = "RUNTIME"
+SHARED = "SHARED"
+"""Printed once a runtime created its own share (`--share`)."""
 STORE_RETRY = 0.1
 """Seconds between two tries of a read that met a database outage."""
 
@@ -71,6 +73,17 @@ def build_nap(ledger: Ledger) -> Saga:
             Step("after", record("after")),
         ],
     )
+
+
+async def _wait_for_file(path: str) -> None:
+    """Until the parent creates `path` (no event crosses processes)."""
+    while not await anyio.Path(path).exists():  # noqa: ASYNC110
+        await anyio.sleep(0.01)
+
+
+def _share(text: str) -> tuple[int, int]:
+    share, of = (int(part) for part in text.split("/"))
+    return share, of
 
 
 def _say(line: str) -> None:
@@ -124,10 +137,18 @@ async def _run(args: argparse.Namespace) -> None:
         ) as rt:
             _say(f"{RUNTIME} {store.runtime_id}")
             if args.start_file:
-                # Wait for the other runtimes to join, so that the spawns race
-                # (the parent creates the file: no event crosses processes).
-                while not await anyio.Path(args.start_file).exists():  # noqa: ASYNC110
-                    await anyio.sleep(0.01)
+                # Wait for the other runtimes to join, so that the spawns race.
+                await _wait_for_file(args.start_file)
+            if args.share is not None:
+                # Each runtime first creates its own share of the first half, so that
+                # all of them create sagas however the scheduler favours one; then the
+                # parent lets all spawn every id (the second half races).
+                share, of = args.share
+                await _spawn_all(
+                    rt, args, [s for i, s in enumerate(ids[: len(ids) // 2]) if i % of == share]
+                )
+                _say(SHARED)
+                await _wait_for_file(f"{args.start_file}.all")
             if not args.no_spawn:
                 await _spawn_all(rt, args, ids)
                 for sid in naps:
@@ -155,6 +176,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--max-recoveries", type=int, default=5)
     parser.add_argument("--no-spawn", action="store_true")
     parser.add_argument("--start-file", default=None)
+    parser.add_argument("--share", type=_share, default=None, help="INDEX/COUNT, with --start-file")
     parser.add_argument("--naps", type=int, default=0)
     parser.add_argument("--wake-at", type=float, default=0.0)
     parser.add_argument("--keep-warm", type=float, default=1.0)

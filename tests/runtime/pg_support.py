@@ -38,7 +38,7 @@ from tests.child_process import Child, open_child
 
 from .crash_child import DONE, READY, build_checkout, plan_for
 from .ledger import Ledger, Record
-from .pg_child import RUNTIME
+from .pg_child import RUNTIME, SHARED
 from .test_crash_recovery import (
     CHILD_TIMEOUT,
     Outcome,
@@ -263,6 +263,10 @@ class PgChild:
                     ) from None
                 child.seen.append(raw.decode().strip())
 
+    async def shared(self, timeout: float = 20.0) -> None:
+        """Wait until the child created its own share of the sagas (`share=`)."""
+        await self.expect(SHARED, timeout)
+
     async def ready(self, timeout: float = 20.0) -> str:
         """Wait for READY; return the child's runtime id."""
         await self.expect(READY, timeout)
@@ -300,6 +304,7 @@ async def pg_child(
     keep_warm: float = 1.0,
     timeout: float = 60.0,
     start_file: Path | None = None,
+    share: tuple[int, int] | None = None,
 ) -> AsyncIterator[PgChild]:
     """A `pg_child` runtime on `dsn` and workdir's ledger.db, killed on exit if still running."""
     command = [
@@ -335,6 +340,8 @@ async def pg_child(
         command.append("--no-spawn")
     if start_file is not None:
         command += ["--start-file", str(start_file)]
+    if share is not None:
+        command += ["--share", f"{share[0]}/{share[1]}"]
     async with open_child(command, workdir / f"{name}.stderr", timeout=CHILD_TIMEOUT) as child:
         yield PgChild(child, name)
 

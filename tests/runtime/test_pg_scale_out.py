@@ -95,13 +95,17 @@ async def three_runtimes_one_killed(dsn: str, workdir: Path, sagas: int) -> None
                     max_pause=slow,
                     timeout=timeout,
                     start_file=workdir / "go",
+                    share=(n, 3),
                 )
             )
             for n in range(3)
         ]
         for child in children:
             await child.joined()
-        (workdir / "go").touch()  # all three spawn at once
+        (workdir / "go").touch()  # each creates its own share...
+        for child in children:
+            await child.shared(timeout)
+        (workdir / "go.all").touch()  # ...then all three spawn every id at once
         runtime_ids = [await child.ready(timeout) for child in children]
         ready = time.monotonic()
         await anyio.sleep(random.Random(SEED).uniform(0, 0.3))  # the chaos schedule

@@ -469,3 +469,17 @@ async def test_an_unreachable_server_is_a_store_error_that_hides_the_password() 
 
 async def _echo(ctx: StepContext, value: Any) -> Any:
     return value
+
+
+async def test_a_wake_at_edited_to_no_time_is_reported_not_swept(pg_dsn: str) -> None:
+    async with PostgresStore(pg_dsn, lease=LONG_LEASE) as store:
+        for saga_id in ("nan", "inf", "fine"):
+            saga, started = new_saga(saga_id)
+            await store.create(saga, started)
+        async with raw(pg_dsn) as conn:
+            await conn.execute("UPDATE sagas SET wake_at = 'NaN' WHERE saga_id = 'nan'")
+            await conn.execute("UPDATE sagas SET wake_at = '-Infinity' WHERE saga_id = 'inf'")
+        assert sorted(await store.unreadable_wake_ups()) == [
+            ("inf", "its wake_at column holds -Infinity, not a time"),
+            ("nan", "its wake_at column holds NaN, not a time"),
+        ]
