@@ -200,6 +200,13 @@ class Runtime:
             if stack is not None:
                 return await stack.__aexit__(exc_type, exc, tb)
             return None
+        except BaseExceptionGroup as group:
+            # A step's Ctrl-C or sys.exit stops the runtime (the step runs again on the
+            # next start): it leaves as itself, for `except KeyboardInterrupt` to catch.
+            stop = group.subgroup((KeyboardInterrupt, SystemExit))
+            if stop is None:
+                raise
+            raise _first_leaf(stop) from group
         finally:
             self._host.close()
 
@@ -527,3 +534,8 @@ def saga_outcome(definition: Saga[Any, Any], state: SagaState) -> Any:
                 state.saga_id, label(index), step.compensation_error, cause_step, state.failure
             )
     raise SagaFailed(state.saga_id, None, None, cause_step, state.failure)
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
