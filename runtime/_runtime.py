@@ -26,6 +26,7 @@ from saga import (
     CorruptSagaError,
     Saga,
     SagaEndedError,
+    SagaNotFound,
     SagaStatus,
     StoreError,
     SystemClock,
@@ -72,11 +73,23 @@ def _postgres_store(dsn: str) -> Store:
 _MAX_TEXT = 1000
 
 
+def _check_lookup(saga_id: str) -> None:
+    """No saga can have an id that no store can hold (a lone surrogate): not found."""
+    try:
+        saga_id.encode()
+    except UnicodeEncodeError:
+        raise SagaNotFound(saga_id) from None
+
+
 def _check_text(value: str, what: str) -> None:
     """Ids, keys and names are stored and indexed as text by every store: keep them storable."""
     if "\x00" in value:
         raise ValueError(f"{what} must not contain NUL characters")
-    if len(value.encode()) > _MAX_TEXT:
+    try:
+        size = len(value.encode())
+    except UnicodeEncodeError:  # a lone surrogate, as from a surrogateescape file name
+        raise ValueError(f"{what} must be valid Unicode text, got {value!r}") from None
+    if size > _MAX_TEXT:
         raise ValueError(f"{what} must be at most {_MAX_TEXT} bytes of UTF-8")
 
 
@@ -287,6 +300,7 @@ class Runtime:
         undecodable snapshot, `UnregisteredSagaError` if this runtime was not
         given the saga's definition.
         """
+        _check_lookup(saga_id)
         stored = await self._store.load(saga_id)
         history = await self._store.history(saga_id)
         definition = self._definition(stored.saga_name)
@@ -308,6 +322,7 @@ class Runtime:
         Raises `SagaNotFound`, `SagaNotSuspendedError` if it is not suspended,
         `CorruptSagaError` if its snapshot cannot be decoded.
         """
+        _check_lookup(saga_id)
         self._check_running()
         shared = self._host.shared
         if shared is not None:
@@ -360,6 +375,7 @@ class Runtime:
         `payload_type`, `ValueError` for a name or key with a NUL character
         or over 1,000 bytes.
         """
+        _check_lookup(saga_id)
         self._check_running()
         stored = await self._store.load(saga_id)
         definition = self._definition(stored.saga_name)
@@ -391,6 +407,7 @@ class Runtime:
         Raises `SagaNotFound`, `SagaEndedError` if it has ended, and
         `ValueError` for a reason with a NUL character or over 1,000 bytes.
         """
+        _check_lookup(saga_id)
         self._check_running()
         _check_text(str(reason), "reason")
         stored = await self._store.load(saga_id)
@@ -412,8 +429,16 @@ class Runtime:
         """Sagas by id, filtered by saga name, status and the signal they wait for.
 
         Pass the page's `next_after` as `after` for the next page (None: the end).
-        Raises `ValueError` for an unknown status or a `limit` outside 1..1000.
+        Raises `ValueError` for an unknown status, a `limit` outside 1..1000, or a
+        filter that is not valid Unicode text (a lone surrogate).
         """
+        for what, text in (
+            ("saga_name", saga_name),
+            ("waiting_for", waiting_for),
+            ("after", after),
+        ):
+            if text is not None:
+                _check_text(text, what)
         if status is not None and status not in {s.value for s in SagaStatus}:
             raise ValueError(f"unknown status {status!r}")
         if not 1 <= limit <= 1000:
@@ -464,6 +489,7 @@ class Runtime:
         Raises `SagaCompensated`, `SagaFailed`, `SagaSuspendedError` if it is (or
         becomes) suspended, `SagaNotFound`, `TimeoutError` after `timeout` seconds.
         """
+        _check_lookup(saga_id)
         if timeout is not None:
             with anyio.fail_after(timeout):
                 return await self.result(saga_id)
