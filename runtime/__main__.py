@@ -5,9 +5,13 @@
     python -m runtime runtimes postgresql://host/db     # runtimes, leases, sagas owned
 
 DATABASE is a SQLite path or a postgresql:// DSN (`--schema`, default
-sagaloop). It reads while runtimes use the database (WAL readers never block
-the writer; PostgreSQL's readers neither). To resume a suspended saga, call
-`Runtime.resume` from the application that has its definition.
+sagaloop). A SQLite file is opened read-only on exactly the path given: it is
+never created nor written (SQLite may leave the -wal and -shm files a WAL
+reader needs beside it); PostgreSQL is read in read-only transactions. It
+reads while runtimes use the database (WAL readers never block the writer;
+PostgreSQL's readers neither). What the database holds is printed escaped, one
+saga a line. To resume a suspended saga, call `Runtime.resume` from the
+application that has its definition.
 """
 
 from __future__ import annotations
@@ -19,8 +23,25 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from saga import SagaStatus
 
 _POSTGRES = ("postgresql://", "postgres://")
+_MAX_LIMIT = 2**63 - 1  # SQLite's and PostgreSQL's LIMIT are 64-bit
+
+
+def printable(value: object) -> str:
+    """`value` as visible text on one line: control characters, ANSI escapes, surrogates escaped."""
+    text = value if isinstance(value, str) else str(value)
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _decode(data: bytes) -> str:
+    """SQLite text as str even when it is not UTF-8: one bad row must not hide the others."""
+    return data.decode("utf-8", "backslashreplace")
 
 
 def _query(database: str, sql: str, params: Sequence[object] = (), *, schema: str) -> list[Any]:
@@ -29,12 +50,40 @@ def _query(database: str, sql: str, params: Sequence[object] = (), *, schema: st
         return _pg_query(database, sql, params, schema)
     path = Path(database)
     if not path.exists():
-        raise SystemExit(f"no such database: {database}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        raise SystemExit(f"no such database: {printable(database)}")
+    if not path.is_file():  # a folder, a device, a pipe that would block the read
+        raise SystemExit(f"{printable(database)} is not a Sagaloop database: not a file")
+    # A URI built by hand would read `#` and `?` in the path as its fragment and query.
+    uri = f"{path.resolve().as_uri()}?mode=ro"
     try:
-        return conn.execute(sql, params).fetchall()
-    finally:
-        conn.close()
+        conn = sqlite3.connect(uri, uri=True)
+        conn.text_factory = _decode
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:  # not SQLite, empty, another application's tables
+        raise SystemExit(f"{printable(database)} is not a Sagaloop database: {exc}") from None
+
+
+def without_password(dsn: str) -> str:
+    """`dsn` with no password left in it, to show in messages."""
+    try:
+        parts = urlsplit(dsn)
+    except ValueError:
+        return "<unparsable DSN>"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    query = [
+        (key, value)
+        for key, value in parse_qsl(parts.query, keep_blank_values=True)
+        if "password" not in key
+    ]
+    netloc = userinfo.partition(":")[0] + at + hosts
+    return printable(urlunsplit(parts._replace(netloc=netloc, query=urlencode(query))))
+
+
+class _UnreadableError(Exception):
+    """The message to exit with, raised inside the event loop and turned into SystemExit outside."""
 
 
 def _pg_query(dsn: str, sql: str, params: Sequence[object], schema: str) -> list[Any]:
@@ -44,20 +93,53 @@ def _pg_query(dsn: str, sql: str, params: Sequence[object], schema: str) -> list
 
     from .postgres._schema import check_schema_name
 
+    search_path = f'"{check_schema_name(schema)}"'
+    where = without_password(dsn)
+    try:
+        password = urlsplit(dsn).password
+    except ValueError:
+        password = None
+
+    def reason(exc: BaseException) -> str:
+        text = str(exc) or type(exc).__name__
+        return printable(text.replace(password, "***") if password else text)
+
     parts = sql.split("?")
     numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
 
     async def fetch() -> list[Any]:
-        conn = await asyncpg.connect(
-            dsn, server_settings={"search_path": f'"{check_schema_name(schema)}"'}
-        )
+        try:
+            conn = await asyncpg.connect(
+                dsn, timeout=10, server_settings={"search_path": search_path}
+            )
+        # OSError covers TimeoutError (asyncio's too); ValueError a DSN asyncpg cannot parse.
+        except (OSError, ValueError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _UnreadableError(f"cannot reach PostgreSQL at {where}: {reason(exc)}") from exc
         try:
             async with conn.transaction(readonly=True):
                 return [tuple(row) for row in await conn.fetch(numbered, *params)]
+        except asyncpg.UndefinedTableError as exc:
+            raise _UnreadableError(
+                f"{where} (schema {schema}) is not a Sagaloop database: {reason(exc)}"
+            ) from exc
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise _UnreadableError(f"cannot read PostgreSQL at {where}: {reason(exc)}") from exc
         finally:
             await conn.close()
 
-    return asyncio.run(fetch())
+    try:
+        return asyncio.run(fetch())
+    except _UnreadableError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def _suspended_reason(snapshot: object) -> object:
+    """The reason a runtime suspended the saga, from its snapshot; None if it cannot be read."""
+    try:
+        state = json.loads(snapshot) if isinstance(snapshot, str | bytes) else None
+    except (ValueError, RecursionError):
+        return None
+    return state.get("suspended_reason") if isinstance(state, dict) else None
 
 
 def list_sagas(
@@ -69,18 +151,35 @@ def list_sagas(
             clauses.append(f"{column} = ?")
             params.append(value)
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    # `error` holds a quarantined saga's reason; the runtime's own suspensions are in the snapshot.
     rows = _query(
         database,
-        "SELECT saga_id, saga_name, status, seq, waiting_for, wake_at, error FROM sagas "
+        "SELECT saga_id, saga_name, status, seq, waiting_for, wake_at, error, "
+        "CASE WHEN status = 'suspended' THEN snapshot END FROM sagas "
         f"{where} ORDER BY saga_id LIMIT ?",
         [*params, limit],
         schema=schema,
     )
     print(f"{'saga_id':<24} {'saga':<16} {'status':<13} {'seq':>4}  waiting_for / error")
-    for saga_id, name, row_status, seq, waiting_for, wake_at, error in rows:
-        detail = error or waiting_for or ("" if wake_at is None else f"wakes at {wake_at:.0f}")
-        print(f"{saga_id:<24} {name:<16} {row_status:<13} {seq:>4}  {detail}")
+    for saga_id, name, row_status, seq, waiting_for, wake_at, error, snapshot in rows:
+        detail = error or _suspended_reason(snapshot) or waiting_for
+        if not detail and wake_at is not None:
+            detail = f"wakes at {wake_at:.0f}" if isinstance(wake_at, float | int) else wake_at
+        print(
+            f"{printable(saga_id):<24} {printable(name):<16} {printable(row_status):<13} "
+            f"{printable(seq):>4}  {printable(detail or '')}"
+        )
     return 0
+
+
+def _event_text(event: object) -> str:
+    """A history entry as sorted JSON, or its raw text when it is not JSON."""
+    try:
+        if isinstance(event, str | bytes):
+            return json.dumps(json.loads(event), sort_keys=True)
+    except (ValueError, RecursionError):
+        pass
+    return f"<unreadable: {printable(event)}>"
 
 
 def show(database: str, saga_id: str, *, schema: str) -> int:
@@ -106,13 +205,19 @@ def show(database: str, saga_id: str, *, schema: str) -> int:
         schema=schema,
     )
     name, status, input_text, snapshot, error = rows[0]
-    print(f"saga {saga_id} ({name}): {status}" + (f"  [{error}]" if error else ""))
-    print(f"input: {input_text}")
-    print(f"snapshot: {snapshot}")
+    print(
+        f"saga {printable(saga_id)} ({printable(name)}): {printable(status)}"
+        + (f"  [{printable(error)}]" if error else "")
+    )
+    print(f"input: {printable(input_text)}")
+    print(f"snapshot: {printable(snapshot)}")
     for seq, event in history:
-        print(f"  #{seq:<4} {json.dumps(json.loads(event), sort_keys=True)}")
+        print(f"  #{printable(seq):<4} {printable(_event_text(event))}")
     for kind, item, key in inbox:
-        print(f"  inbox: {kind} {item!r}" + (f" key={key}" if key else ""))
+        print(
+            f"  inbox: {printable(kind)} {item!r}"  # repr escapes
+            + (f" key={printable(key)}" if key else "")
+        )
     return 0
 
 
@@ -131,8 +236,18 @@ def runtimes(database: str, *, schema: str) -> int:
     print(f"{'runtime_id':<24} {'name':<28} {'lease':>10} {'sagas':>7}")
     for runtime_id, name, remaining, owned in rows:
         lease = f"{remaining:.1f} s" if remaining >= 0 else "lapsed"
-        print(f"{runtime_id:<24} {name:<28} {lease:>10} {owned:>7}")
+        print(f"{printable(runtime_id):<24} {printable(name):<28} {lease:>10} {owned:>7}")
     return 0
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
+    return min(value, _MAX_LIMIT)  # more than any table holds: all of them
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,9 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list sagas")
     listing.add_argument("database")
-    listing.add_argument("--status")
+    listing.add_argument("--status", choices=[status.value for status in SagaStatus])
     listing.add_argument("--saga")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument("--limit", type=positive_int, default=100)
     showing = commands.add_parser("show", help="one saga: snapshot, history, inbox")
     showing.add_argument("database")
     showing.add_argument("saga_id")
@@ -153,6 +268,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for command in (listing, showing, listing_runtimes):
         command.add_argument("--schema", default="sagaloop", help="PostgreSQL schema")
     args = parser.parse_args(argv)
+    if args.database.startswith(_POSTGRES):
+        try:
+            from .postgres._schema import check_schema_name
+        except ImportError:
+            raise SystemExit(
+                "reading PostgreSQL needs asyncpg: pip install 'sagaloop[postgres]'"
+            ) from None
+        try:
+            check_schema_name(args.schema)
+        except ValueError as exc:
+            parser.error(str(exc))
     if args.command == "list":
         return list_sagas(args.database, args.status, args.saga, args.limit, schema=args.schema)
     if args.command == "runtimes":
