@@ -162,21 +162,24 @@ class SagaPage:
     next_after: str | None
 
 
-_STATUSES = frozenset(status.value for status in SagaStatus)
+STATUS_VALUES = frozenset(status.value for status in SagaStatus)
+
+
+def not_a_time(column: str, shown: object) -> str:
+    """The quarantine reason of a row whose `column` holds `shown`, not a time."""
+    return f"its {column} column holds {shown}, not a time"
 
 
 def row_problem(row: SagaRow) -> str | None:
     """Why a listed row cannot be a saga (a column edited by hand), or None."""
     if not isinstance(row.saga_name, str):
         return f"its saga_name column holds {row.saga_name!r}, not a name"
-    if row.status not in _STATUSES:
+    if row.status not in STATUS_VALUES:
         return f"its status column holds {row.status!r}, not a saga status"
-    for column in ("wake_at", "updated_at"):
-        value = getattr(row, column)
-        if value is None and column == "wake_at":
-            continue
-        if not _is_time(value):
-            return f"its {column} column holds {value!r}, not a time"
+    if row.wake_at is not None and not _is_time(row.wake_at):
+        return not_a_time("wake_at", repr(row.wake_at))
+    if not _is_time(row.updated_at):
+        return not_a_time("updated_at", repr(row.updated_at))
     if row.waiting_for is not None and not isinstance(row.waiting_for, str):
         return f"its waiting_for column holds {row.waiting_for!r}, not a signal name"
     return None

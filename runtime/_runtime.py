@@ -47,7 +47,7 @@ from ._errors import (
 )
 from ._handle import SagaHandle
 from ._host import SagaHost
-from ._info import SagaInfo, SagaPage, SagaSummary, row_problem, saga_info
+from ._info import STATUS_VALUES, SagaInfo, SagaPage, SagaSummary, row_problem, saga_info
 from .sqlite import SqliteStore, Synchronous
 
 logger = logging.getLogger("runtime")
@@ -439,7 +439,7 @@ class Runtime:
         ):
             if text is not None:
                 _check_text(text, what)
-        if status is not None and status not in {s.value for s in SagaStatus}:
+        if status is not None and status not in STATUS_VALUES:
             raise ValueError(f"unknown status {status!r}")
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")

@@ -44,6 +44,7 @@ from saga.store import (
 
 from .._codec import decode_event
 from .._errors import StoreClosedError
+from .._info import not_a_time
 from .._listing import listing_query
 from .._migrations import migrations_to_apply
 from .._writes import Create, Deliver, Save, stored_saga
@@ -476,7 +477,7 @@ class PostgresStore(Ownership):
             f"AND (s.owner = $1 OR {OWNER_IS_GONE}) LIMIT 100",
             self._runtime_id,
         )
-        return [(saga_id, f"its wake_at column holds {text}, not a time") for saga_id, text in rows]
+        return [(saga_id, not_a_time("wake_at", text)) for saga_id, text in rows]
 
     async def list_sagas(
         self,

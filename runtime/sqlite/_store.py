@@ -40,9 +40,10 @@ from saga.store import (
 
 from .._codec import decode_event
 from .._errors import StoreClosedError, StoreLockedError
+from .._info import not_a_time
 from .._listing import listing_query
 from .._writes import Create, Deliver, Save, stored_saga
-from ._writer import Batch, BatchWriter
+from ._writer import Batch, BatchWriter, FileIdentity, file_identity
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
 
@@ -71,12 +72,8 @@ _QUARANTINE = (
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
-_HELD_FILES: set[tuple[int, int]] = set()
-"""(device, inode) of every database file a store in this process holds."""
-
-
-def _identity(stat: os.stat_result) -> tuple[int, int]:
-    return stat.st_dev, stat.st_ino
+_HELD_FILES: set[FileIdentity] = set()
+"""Every database file a store in this process holds."""
 
 
 def open_database_file(path: Path) -> int:
@@ -182,7 +179,7 @@ class SqliteStore:
         # it, SQLite's included, so a second store on a file this process already holds
         # is refused before it opens one.
         with contextlib.suppress(OSError):  # a missing file: open_database_file says why
-            if _identity(os.stat(self.path)) in _HELD_FILES:
+            if file_identity(os.stat(self.path)) in _HELD_FILES:
                 raise self._locked()
         fd = open_database_file(self.path)
         try:
@@ -191,7 +188,7 @@ class SqliteStore:
             os.close(fd)
             raise self._locked() from None
         self._lock_fd = fd
-        _HELD_FILES.add(_identity(os.fstat(fd)))
+        _HELD_FILES.add(file_identity(os.fstat(fd)))
 
     def _locked(self) -> StoreLockedError:
         return StoreLockedError(
@@ -201,7 +198,7 @@ class SqliteStore:
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
-            _HELD_FILES.discard(_identity(os.fstat(self._lock_fd)))
+            _HELD_FILES.discard(file_identity(os.fstat(self._lock_fd)))
             os.close(self._lock_fd)  # closing releases the flock
             self._lock_fd = None
 
@@ -395,9 +392,7 @@ class SqliteStore:
 
     async def unreadable_wake_ups(self) -> Sequence[tuple[str, str]]:
         rows = await _fetch(self._read_conn(), NOT_A_TIME, _LIVE_STATUSES)
-        return [
-            (saga_id, f"its wake_at column holds {quoted}, not a time") for saga_id, quoted in rows
-        ]
+        return [(saga_id, not_a_time("wake_at", quoted)) for saga_id, quoted in rows]
 
     async def list_sagas(
         self,

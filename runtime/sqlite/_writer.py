@@ -80,6 +80,14 @@ class Batch:
         return len(self.creates) + len(self.saves) + len(self.deliveries) + len(self.statements)
 
 
+FileIdentity = tuple[int, int]
+"""(device, inode): the file itself, whatever path reaches it."""
+
+
+def file_identity(stat: os.stat_result) -> FileIdentity:
+    return stat.st_dev, stat.st_ino
+
+
 def connect(path: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
@@ -106,13 +114,12 @@ class BatchWriter:
         self._lost_files: str | None = None
         """Why this writer refuses every batch (its files were deleted or replaced)."""
 
-    def _identities(self) -> tuple[tuple[int, int], tuple[int, int]] | None:
-        """(device, inode) of the database file and of its write-ahead log."""
+    def _identities(self) -> tuple[FileIdentity, FileIdentity] | None:
+        """The identity of the database file and of its write-ahead log."""
         try:
-            db, wal = os.stat(self.path), os.stat(f"{self.path}-wal")
+            return file_identity(os.stat(self.path)), file_identity(os.stat(f"{self.path}-wal"))
         except FileNotFoundError:
             return None
-        return (db.st_dev, db.st_ino), (wal.st_dev, wal.st_ino)
 
     def _check_files(self) -> None:
         """Refuse to acknowledge anything once the files under the connection changed.

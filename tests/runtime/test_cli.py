@@ -195,11 +195,17 @@ def test_an_unreachable_postgresql_is_a_clear_error_without_the_password(
     assert "\n" not in message
 
 
-def test_a_bad_schema_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
+def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What argparse prints when `argv` is refused as a usage error (exit code 2)."""
     with pytest.raises(SystemExit) as raised:
-        main(["list", "postgresql://127.0.0.1:1/x", "--schema", 'x"; DROP'])
+        main(argv)
     assert raised.value.code == 2
-    assert "schema must be a lowercase identifier" in capsys.readouterr().err
+    return capsys.readouterr().err
+
+
+def test_a_bad_schema_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
+    err = usage_error(["list", "postgresql://127.0.0.1:1/x", "--schema", 'x"; DROP'], capsys)
+    assert "schema must be a lowercase identifier" in err
 
 
 async def test_show_prints_unreadable_history_escaped_and_goes_on(
@@ -225,10 +231,7 @@ async def test_show_prints_unreadable_history_escaped_and_goes_on(
 def test_a_bad_status_is_an_argument_error_naming_the_valid_ones(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(["list", str(tmp_path / "any.db"), "--status", "bogus"])
-    assert raised.value.code == 2
-    err = capsys.readouterr().err
+    err = usage_error(["list", str(tmp_path / "any.db"), "--status", "bogus"], capsys)
     assert "invalid choice: 'bogus'" in err
     assert all(f"'{status.value}'" in err for status in SagaStatus)
 
@@ -237,10 +240,8 @@ def test_a_bad_status_is_an_argument_error_naming_the_valid_ones(
 def test_a_limit_that_is_not_positive_is_an_argument_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], limit: str
 ) -> None:
-    with pytest.raises(SystemExit) as raised:
-        main(["list", str(tmp_path / "any.db"), "--limit", limit])
-    assert raised.value.code == 2
-    assert "argument --limit: must be a positive integer" in capsys.readouterr().err
+    err = usage_error(["list", str(tmp_path / "any.db"), "--limit", limit], capsys)
+    assert "argument --limit: must be a positive integer" in err
 
 
 async def test_a_huge_limit_lists_everything(
