@@ -43,6 +43,7 @@ from .._errors import StoreClosedError, StoreLockedError
 from .._info import not_a_time
 from .._listing import listing_query
 from .._writes import Create, Deliver, Save, stored_saga
+from ._thread import WriterThread
 from ._writer import Batch, BatchWriter, FileIdentity, file_identity
 
 Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
@@ -119,7 +120,7 @@ class SqliteStore:
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
         self._writer: BatchWriter | None = None
-        self._limiter = anyio.CapacityLimiter(1)
+        self._thread: WriterThread | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
         self._task_group: TaskGroup | None = None
@@ -134,7 +135,8 @@ class SqliteStore:
     async def __aenter__(self) -> Self:
         self._lock()
         try:
-            self._writer = await anyio.to_thread.run_sync(
+            self._thread = WriterThread(f"sagaloop-sqlite-writer {self.path.name}")
+            self._writer = await self._thread.run(
                 BatchWriter, self.path, self.synchronous, self.busy_timeout
             )
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
@@ -170,9 +172,12 @@ class SqliteStore:
         with anyio.CancelScope(shield=True):
             if self._reader is not None:
                 await self._reader.close()
-            if self._writer is not None:
-                await anyio.to_thread.run_sync(self._writer.close, limiter=self._limiter)
+            if self._writer is not None and self._thread is not None:
+                await self._thread.run(self._writer.close)
+            if self._thread is not None:
+                self._thread.stop()
         self._reader = self._writer = None
+        self._thread = None
 
     def _lock(self) -> None:
         # Closing any descriptor of a file drops every POSIX lock this process holds on
@@ -204,14 +209,11 @@ class SqliteStore:
 
     async def write_pragmas(self) -> dict[str, object]:
         """`journal_mode` and `synchronous` as the write connection has them (for checks)."""
-        writer = self._writer
-        if writer is None:
+        writer, thread = self._writer, self._thread
+        if writer is None or thread is None:
             raise StoreClosedError(f"store {self.path} is not open")
         names = ("journal_mode", "synchronous")
-        values = [
-            await anyio.to_thread.run_sync(writer.pragma, name, limiter=self._limiter)
-            for name in names
-        ]
+        values = [await thread.run(writer.pragma, name) for name in names]
         return dict(zip(names, values, strict=True))
 
     # -- writes: group commit ----------------------------------------------
@@ -294,9 +296,10 @@ class SqliteStore:
                 return
 
     async def _commit(self, batch: Batch) -> None:
-        writer = self._writer
+        writer, thread = self._writer, self._thread
         assert writer is not None
-        await anyio.to_thread.run_sync(writer.commit, batch, limiter=self._limiter)
+        assert thread is not None
+        await thread.run(writer.commit, batch)
         self.batches_committed += 1
         self.rows_committed += len(batch)
 

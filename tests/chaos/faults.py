@@ -34,6 +34,7 @@ from typing import TypeVar
 import anyio
 
 from runtime import DelegatingStore, SqliteStore, StoreError
+from runtime.sqlite._thread import WriterThread
 from saga.engine import Event, Resumed, SagaStarted, Suspended
 from saga.store import (
     DueSaga,
@@ -190,7 +191,7 @@ class DiskFull:
 
     `PRAGMA max_page_count` is per connection, so it must be set on the one
     that writes: this reaches into the store's private `_writer._conn`, and
-    runs on the store's private `_limiter` so it never races a commit. No
+    runs on the store's private writer thread so it never races a commit. No
     public hook exists for it, and filling the real file system is no option
     in a test. `fill` pins the limit at the current size and fills what free
     space the file has with ballast; `lift` undoes both.
@@ -205,6 +206,12 @@ class DiskFull:
         if writer is None:
             raise RuntimeError("the store is not open")
         return writer._conn
+
+    def _thread(self) -> WriterThread:
+        thread = self.store._thread
+        if thread is None:
+            raise RuntimeError("the store is not open")
+        return thread
 
     def _fill(self) -> None:
         conn = self._conn()
@@ -228,11 +235,10 @@ class DiskFull:
         conn.execute("DELETE FROM chaos_ballast")
 
     async def fill(self) -> None:
-        await anyio.to_thread.run_sync(self._fill, limiter=self.store._limiter)
+        await self._thread().run(self._fill)
 
     async def lift(self) -> None:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(self._lift, limiter=self.store._limiter)
+        await self._thread().run(self._lift)  # shielded: the disk is always given back
 
 
 class FaultyStore(DelegatingStore):

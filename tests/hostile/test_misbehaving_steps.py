@@ -4,6 +4,8 @@ loses nothing (the step runs again on the next start)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import anyio
@@ -11,6 +13,9 @@ import pytest
 
 from runtime import Runtime, SagaCompensated
 from saga import RetryPolicy, Saga, Step, StepContext
+
+from ..child_process import REPO
+from .interrupted_child import STOPS
 
 QUICK = RetryPolicy(initial_interval=0.01, maximum_attempts=2)
 
@@ -117,3 +122,17 @@ async def test_a_step_that_swallows_its_timeout_once_is_cancelled_again(tmp_path
     assert raised.value.error is not None
     assert raised.value.error.timed_out
     assert swallowed == [1, 2]  # each attempt swallowed once, then ended
+
+
+@pytest.mark.parametrize("stop", sorted(STOPS))
+def test_the_process_exits_after_a_ctrl_c_in_a_step(tmp_path: Path, stop: str) -> None:
+    # anyio's worker threads outlived an interrupted event loop and the interpreter
+    # waited for them at exit forever; the bound only turns that hang into a failure.
+    child = "tests.hostile.interrupted_child"
+    command = [sys.executable, "-m", child, str(tmp_path / "s.db"), stop]
+    try:
+        ended = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"the process never exited after the stop; it printed {hung.stdout!r}")
+    assert ended.stdout.splitlines() == ["STOPPED"], ended.stderr
+    assert ended.returncode == 0, ended.stderr
