@@ -1,17 +1,25 @@
 """What the PostgreSQL store's parts share about connections: which errors mean trouble
-with the server, which of them are safe to retry, and how a DSN is shown in messages."""
+with the server, which of them are safe to retry, how a pooled connection is borrowed,
+and how a DSN is shown in messages."""
 
 from __future__ import annotations
 
 import urllib.parse
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
+from asyncpg.pool import Pool, PoolConnectionProxy
 
 Connection = asyncpg.Connection | PoolConnectionProxy
 
-CONNECTION_TROUBLE = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+CONNECTION_TROUBLE = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,  # a connection asyncpg left mid-protocol (see borrowed)
+)
 
 RETRYABLE = (
     OSError,
@@ -22,6 +30,7 @@ RETRYABLE = (
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
     asyncpg.exceptions.IdleInTransactionSessionTimeoutError,  # rolled back by the server
+    asyncpg.InternalClientError,  # raised before a statement is sent (see borrowed)
 )
 """Errors after which the same statement or transaction can safely run again: nothing
 of it committed (a failure at COMMIT itself is `CommitOutcomeUnknownError`, never retried)."""
@@ -45,3 +54,22 @@ def retryable(exc: BaseException) -> bool:
         return True
     # asyncpg reports a connection that died under it as an InterfaceError.
     return isinstance(exc, asyncpg.InterfaceError) and "connection" in str(exc)
+
+
+@asynccontextmanager
+async def borrowed(pool: Pool) -> AsyncIterator[PoolConnectionProxy]:
+    """`pool.acquire()`, except that a connection asyncpg reports stuck mid-protocol is
+    closed rather than pooled again.
+
+    A server that ends a session in the middle of an operation (a restart, an
+    administrator's terminate) can leave asyncpg's protocol waiting for a reply that
+    never comes; the pool hands that connection out again and every statement on it
+    fails with "cannot switch to state ...; another operation is in progress"
+    (MagicStack/asyncpg#1069). Nothing reaches the server then, so the caller may retry.
+    """
+    async with pool.acquire() as conn:
+        try:
+            yield conn
+        except asyncpg.InternalClientError:
+            conn.terminate()
+            raise

@@ -18,7 +18,7 @@ import asyncpg
 
 from saga.store import Notice, OwnedSaga, UnfinishedSaga
 
-from ._connections import CONNECTION_TROUBLE, Connection
+from ._connections import CONNECTION_TROUBLE, Connection, borrowed
 from ._schema import LIVE, TERMINAL
 from ._writer import PgBatch
 
@@ -131,7 +131,7 @@ class Ownership:
         if pool is None:
             return
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with borrowed(pool) as conn, conn.transaction():
                 await conn.execute(
                     "UPDATE sagas SET owner = NULL WHERE owner = $1", self._runtime_id
                 )

@@ -48,7 +48,14 @@ from .._info import not_a_time
 from .._listing import listing_query
 from .._migrations import migrations_to_apply
 from .._writes import Create, Deliver, Save, stored_saga
-from ._connections import CONNECTION_TROUBLE, Connection, new_runtime_id, redacted, retryable
+from ._connections import (
+    CONNECTION_TROUBLE,
+    Connection,
+    borrowed,
+    new_runtime_id,
+    redacted,
+    retryable,
+)
 from ._ownership import OWNER_IS_GONE, Ownership
 from ._schema import (
     LIVE,
@@ -159,7 +166,7 @@ class PostgresStore(Ownership):
                     "idle_in_transaction_session_timeout": str(max(1000, int(self.lease * 1000))),
                 },
             )
-            async with self._pool.acquire() as conn:
+            async with borrowed(self._pool) as conn:
                 await self._migrate(conn)
                 await self._join(conn)
         except CONNECTION_TROUBLE as exc:
@@ -344,7 +351,7 @@ class PostgresStore(Ownership):
     async def _commit(self, batch: PgBatch) -> None:
         async def attempt() -> None:
             batch.reset()
-            async with self._open_pool(closing_ok=True).acquire() as conn:
+            async with borrowed(self._open_pool(closing_ok=True)) as conn:
                 await commit_batch(
                     conn,
                     batch,
@@ -381,7 +388,7 @@ class PostgresStore(Ownership):
 
     async def _fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:
         async def attempt() -> list[asyncpg.Record]:
-            async with self._open_pool().acquire() as conn:
+            async with borrowed(self._open_pool()) as conn:
                 rows: list[asyncpg.Record] = await conn.fetch(sql, *args)
                 return rows
 

@@ -18,6 +18,7 @@ import pytest
 
 from runtime import Runtime, SchemaVersionError, StoreError
 from runtime.postgres import PostgresStore
+from runtime.postgres._connections import borrowed, retryable
 from runtime.postgres._schema import SCHEMA_VERSION
 from saga import Saga, Step, StepContext
 from saga.engine import Resumed, transition
@@ -483,3 +484,28 @@ async def test_a_wake_at_edited_to_no_time_is_reported_not_swept(pg_dsn: str) ->
             ("inf", "its wake_at column holds -Infinity, not a time"),
             ("nan", "its wake_at column holds NaN, not a time"),
         ]
+
+
+async def test_a_connection_asyncpg_left_mid_protocol_is_closed_not_pooled_again(
+    pg_dsn: str,
+) -> None:
+    # After a server restart asyncpg can hand out a connection whose protocol still waits
+    # for a reply (MagicStack/asyncpg#1069); every statement on it then raises this.
+    pool = await asyncpg.create_pool(pg_dsn, min_size=1, max_size=1)
+    try:
+        async with borrowed(pool) as conn:
+            stuck_pid = conn.get_server_pid()
+
+        async def hit_the_stuck_protocol() -> None:
+            async with borrowed(pool) as conn:
+                assert conn.get_server_pid() == stuck_pid  # the pool's only connection
+                raise asyncpg.InternalClientError("cannot switch to state 12")
+
+        with pytest.raises(asyncpg.InternalClientError):
+            await hit_the_stuck_protocol()
+        async with borrowed(pool) as conn:
+            assert conn.get_server_pid() != stuck_pid  # a new session, not the stuck one
+            assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await pool.close()
+    assert retryable(asyncpg.InternalClientError("cannot switch to state 12"))
