@@ -2,7 +2,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
+import threading
 import time
+import traceback
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Iterator
@@ -11,6 +15,34 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 
 logger = logging.getLogger("tests.pg")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Fail at once, naming them, when threads would keep the interpreter from exiting.
+
+    Python joins every non-daemon thread before it exits: one left waiting (an
+    anyio worker of an interrupted event loop once was) turned a green suite
+    into a CI run that never ended.
+    """
+    deadline = time.monotonic() + 10  # a thread still finishing its work ends far sooner
+    lingering = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.daemon:
+            continue
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            lingering.append(thread)
+    if not lingering:
+        return
+    frames = sys._current_frames()
+    for thread in lingering:
+        print(f"\nthread {thread.name!r} would keep the process alive:", file=sys.stderr)
+        frame = frames.get(thread.ident or -1)
+        if frame is not None:
+            traceback.print_stack(frame, file=sys.stderr)
+    sys.stderr.flush()
+    sys.stdout.flush()
+    os._exit(3)  # exiting normally would wait for those threads forever
 
 
 @pytest.fixture
