@@ -41,11 +41,12 @@ from ._commands import Command, Finish, RunCompensation, RunStep
 from ._context import StepContext
 from ._definition import Saga, Step
 from ._errorinfo import ErrorInfo
-from ._errors import CorruptSagaError, LeaseLostError, SagaError, StoreError
+from ._errors import CorruptSagaError, LeaseLostError, SagaEndedError, SagaError, StoreError
 from ._events import (
     CancelRequested,
     ChildEnded,
     CompensateRequested,
+    CompensationFailed,
     CompensationSucceeded,
     CompensationWaiting,
     Event,
@@ -61,6 +62,7 @@ from ._model import FailureKind, ParentRef, SagaState, SagaStatus, StepStatus
 from ._payload import decode_payload, encode_payload
 from ._step_runner import attempt_compensation, attempt_step, error_info, wait_deadline
 from ._store import InboxItem
+from ._transitions import saga_error
 
 logger = logging.getLogger("saga")
 
@@ -463,10 +465,21 @@ class SagaActor(Actor[SagaMessage]):
         assert compensate is not None
         assert call.target is not None
         reason = f"its parent {self._saga_id!r} compensates"
-        if not await compensate(call.target, reason):
-            # It never started: nothing to undo.
-            return CompensationSucceeded(at=self._deps.clock.now(), step=index, attempt=attempt)
-        return CompensationWaiting(at=self._deps.clock.now(), step=index, attempt=attempt)
+        now = self._deps.clock.now
+        try:
+            if not await compensate(call.target, reason):
+                # It never started: nothing to undo.
+                return CompensationSucceeded(at=now(), step=index, attempt=attempt)
+        except SagaEndedError as ended:
+            # It rolled itself back, or gave up, before this request reached it (the
+            # request runs again after a crash): its end is the compensation's outcome.
+            if ended.status == SagaStatus.FAILED:
+                error = saga_error("ChildFailed", f"child saga {call.target!r} failed")
+                return CompensationFailed(
+                    at=now(), step=index, attempt=attempt, error=error, kind=FailureKind.DEFINITIVE
+                )
+            return CompensationSucceeded(at=now(), step=index, attempt=attempt)
+        return CompensationWaiting(at=now(), step=index, attempt=attempt)
 
 
 class _EarlierResults(Mapping[str, Any]):

@@ -20,9 +20,10 @@ import anyio.lowlevel
 import msgspec
 import pytest
 
-from runtime import Runtime, SagaCompensated, SagaStatus
+from runtime import DelegatingStore, Runtime, SagaCompensated, SagaStatus, SqliteStore
 from saga import (
     CallKind,
+    CompensationStatus,
     NonDeterminismError,
     NonRetryableError,
     RetryPolicy,
@@ -31,8 +32,11 @@ from saga import (
     StepContext,
     StepFailedError,
     StepStatus,
+    StoreError,
     VirtualClock,
 )
+from saga.engine import CompensationWaiting, Event
+from saga.store import InboxItem, SagaState
 from tests.runtime.long_running_helpers import WAIT, until, until_status
 
 
@@ -339,6 +343,72 @@ async def test_a_child_saga_runs_once_and_a_completed_child_is_compensated_as_a_
     assert info.children == ("par:fulfilment",)
     assert child.parent_id == "par"
     assert info.steps[0].kind is CallKind.CHILD
+
+
+class CrashAfterAskingTheChild(DelegatingStore):
+    """Loses the parent's record that it asked its child to compensate, once the child has
+    rolled back: as a crash between the request and that record would."""
+
+    def __init__(self, inner: SqliteStore, parent: str, child: str) -> None:
+        super().__init__(inner)
+        self.parent, self.child = parent, child
+        self.child_ended = anyio.Event()
+        self.crashed = False
+
+    async def save(
+        self,
+        state: SagaState,
+        event: Event,
+        *,
+        consumed: int | None = None,
+        deliver: InboxItem | None = None,
+    ) -> None:
+        asking = state.saga_id == self.parent and isinstance(event, CompensationWaiting)
+        if asking and not self.crashed:
+            self.crashed = True
+            with anyio.fail_after(WAIT):
+                await self.child_ended.wait()
+            raise StoreError("the write was lost with the process")
+        await self.inner.save(state, event, consumed=consumed, deliver=deliver)
+        if state.saga_id == self.child and state.status.is_terminal:
+            self.child_ended.set()
+
+
+async def test_a_child_that_rolled_back_before_its_parent_recorded_asking_it_counts_as_undone(
+    tmp_path: Path,
+) -> None:
+    # The parent runs its compensation of the child again after the crash; the child
+    # has ended and takes no more requests: that end is the compensation's outcome.
+    shop = Shop()
+
+    async def pack(ctx: StepContext, order: Order) -> str:
+        value: str = await shop.effect(ctx, f"box-{order.id}")
+        return value
+
+    async def unpack(ctx: StepContext, order: Order, box: str | None) -> None:
+        await shop.undo(ctx, box)
+
+    async def fulfil(ctx: SagaContext, order: Order) -> str:
+        box: str = await ctx.step("pack", pack, order, compensate=unpack)
+        return box
+
+    fulfilment = Saga("fulfilment", fulfil, input_type=Order)
+
+    async def fails_after_child(ctx: SagaContext, order: Order) -> None:
+        await ctx.child(fulfilment, order)
+        await ctx.step("charge", _declined)
+
+    parent = Saga("parent", fails_after_child, input_type=Order)
+    store = CrashAfterAskingTheChild(SqliteStore(tmp_path / "s.db"), "par", "par:fulfilment")
+    async with Runtime(store, sagas=[parent, fulfilment]) as rt:
+        handle = await rt.spawn(parent, Order(id="1", total=1), saga_id="par")
+        with pytest.raises(SagaCompensated):
+            await handle.result(timeout=WAIT)
+        info = await rt.status("par")
+    assert store.crashed
+    assert info.steps[0].kind is CallKind.CHILD
+    assert info.steps[0].compensation is CompensationStatus.COMPENSATED
+    assert shop.undone == [("par:fulfilment:pack:compensate", "box-1")]  # undone once
 
 
 async def _declined(ctx: StepContext) -> None:
