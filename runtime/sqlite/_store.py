@@ -365,7 +365,10 @@ class SqliteStore:
             self._read_conn(),
             "SELECT saga_id, saga_name FROM sagas "
             f"WHERE status IN ({_LIVE_MARKS}) "
-            "AND (runnable = 1 OR saga_id IN (SELECT saga_id FROM inbox))",
+            "AND (runnable = 1 OR saga_id IN (SELECT saga_id FROM inbox)) "
+            # a completed child its parent asked to roll back, whose runtime then stopped
+            "OR status = 'completed' "
+            "AND saga_id IN (SELECT saga_id FROM inbox WHERE kind = 'compensate')",
             _LIVE_STATUSES,
         )
         return [UnfinishedSaga(saga_id, saga_name) for saga_id, saga_name in rows]

@@ -369,19 +369,27 @@ async def test_runnable_after_a_restart_is_in_flight_work_and_inbox_items(
         await create_waiting(store, "signalled")
         assert await store.deliver(signal("signalled"))
         await create_waiting(store, "timed", until=T0 + 5)  # a timer's business, not runnable
-        done, event = new_saga("done")
-        await store.create(done, event)
-        state = done.state
-        for step in (0, 1):
-            state, event = step_succeeded(state, step)
-            await store.save(state, event)
+        for saga_id in ("done", "done-asked-to-compensate"):
+            done, event = new_saga(saga_id)
+            await store.create(done, event)
+            state = done.state
+            for step in (0, 1):
+                state, event = step_succeeded(state, step)
+                await store.save(state, event)
+        # A completed child whose parent asked it to roll back (its runtime stopped then).
+        asked = InboxItem(0, "done-asked-to-compensate", "compensate", "undo", b"null", "c", T0)
+        assert await store.deliver(asked)
         parked = await create_waiting(store, "parked-with-mail")
         assert await store.deliver(signal("parked-with-mail"))
         await suspend(store, GATE, parked)
     # Reopened (on PostgreSQL: a new runtime, the old one having handed its sagas back).
     async with reopened(backend) as store:
         runnable = {(u.saga_id, u.saga_name) for u in await store.runnable()}
-    assert runnable == {("in-flight", "pair"), ("signalled", "gate")}
+    assert runnable == {
+        ("in-flight", "pair"),
+        ("signalled", "gate"),
+        ("done-asked-to-compensate", "pair"),
+    }
 
 
 async def test_due_pages_by_wake_time_then_id_and_next_wake_at(store: AnyStore) -> None:
