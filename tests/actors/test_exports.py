@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 
 import actors
+from tests.source import parse_source
 
 PACKAGE_DIR = Path(actors.__file__).parent
 
@@ -104,7 +105,7 @@ def test_package_ships_py_typed() -> None:
 def test_the_kernel_imports_nothing_from_the_layers_above() -> None:
     offenders = []
     for path in sorted(PACKAGE_DIR.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        for node in ast.walk(parse_source(path)):
             if isinstance(node, ast.Import):
                 roots = [alias.name.split(".")[0] for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -17,6 +17,7 @@ import runtime
 import saga
 import saga.engine
 import saga.store
+from tests.source import parse_source
 
 PACKAGES = (saga, saga.store, saga.engine, runtime)
 MODULES = {module.__name__: module for module in PACKAGES}
@@ -337,7 +338,7 @@ def test_package_ships_py_typed(package: types.ModuleType) -> None:
 
 def _imported_roots(path: Path) -> set[str]:
     roots: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(parse_source(path)):
         if isinstance(node, ast.Import):
             roots.update(alias.name.split(".")[0] for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
