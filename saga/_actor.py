@@ -46,7 +46,6 @@ from ._events import (
     CancelRequested,
     ChildEnded,
     CompensateRequested,
-    CompensationFailed,
     CompensationSucceeded,
     CompensationWaiting,
     Event,
@@ -62,7 +61,6 @@ from ._model import FailureKind, ParentRef, SagaState, SagaStatus, StepStatus
 from ._payload import decode_payload, encode_payload
 from ._step_runner import attempt_compensation, attempt_step, error_info, wait_deadline
 from ._store import InboxItem
-from ._transitions import saga_error
 
 logger = logging.getLogger("saga")
 
@@ -472,13 +470,10 @@ class SagaActor(Actor[SagaMessage]):
                 return CompensationSucceeded(at=now(), step=index, attempt=attempt)
         except SagaEndedError as ended:
             # It rolled itself back, or gave up, before this request reached it (the
-            # request runs again after a crash): its end is the compensation's outcome.
-            if ended.status == SagaStatus.FAILED:
-                error = saga_error("ChildFailed", f"child saga {call.target!r} failed")
-                return CompensationFailed(
-                    at=now(), step=index, attempt=attempt, error=error, kind=FailureKind.DEFINITIVE
-                )
-            return CompensationSucceeded(at=now(), step=index, attempt=attempt)
+            # request runs again after a crash): the machine takes its end as a report.
+            return ChildEnded(
+                at=now(), step=index, child=call.target, status=SagaStatus(ended.status)
+            )
         return CompensationWaiting(at=now(), step=index, attempt=attempt)
 
 
