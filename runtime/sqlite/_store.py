@@ -172,9 +172,9 @@ class SqliteStore:
         with anyio.CancelScope(shield=True):
             if self._reader is not None:
                 await self._reader.close()
-            if self._writer is not None and self._thread is not None:
-                await self._thread.run(self._writer.close)
             if self._thread is not None:
+                if self._writer is not None:
+                    await self._thread.run(self._writer.close)
                 self._thread.stop()
         self._reader = self._writer = None
         self._thread = None
@@ -364,11 +364,11 @@ class SqliteStore:
         rows = await _fetch(
             self._read_conn(),
             "SELECT saga_id, saga_name FROM sagas "
-            f"WHERE status IN ({_LIVE_MARKS}) "
-            "AND (runnable = 1 OR saga_id IN (SELECT saga_id FROM inbox)) "
+            f"WHERE (status IN ({_LIVE_MARKS}) "
+            "AND (runnable = 1 OR saga_id IN (SELECT saga_id FROM inbox))) "
             # a completed child its parent asked to roll back, whose runtime then stopped
-            "OR status = 'completed' "
-            "AND saga_id IN (SELECT saga_id FROM inbox WHERE kind = 'compensate')",
+            "OR (status = 'completed' "
+            "AND saga_id IN (SELECT saga_id FROM inbox WHERE kind = 'compensate'))",
             _LIVE_STATUSES,
         )
         return [UnfinishedSaga(saga_id, saga_name) for saga_id, saga_name in rows]

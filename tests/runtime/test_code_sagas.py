@@ -306,10 +306,8 @@ async def test_parallel_branches_run_at_once_and_a_failure_lets_the_others_finis
     assert shop.undone == [("p:slow:compensate", "done")]
 
 
-async def test_a_child_saga_runs_once_and_a_completed_child_is_compensated_as_a_unit(
-    database: str,
-) -> None:
-    shop = Shop()
+def packing(shop: Shop) -> Saga:
+    """A child saga of one compensable step: it packs the order's box."""
 
     async def pack(ctx: StepContext, order: Order) -> str:
         value: str = await shop.effect(ctx, f"box-{order.id}")
@@ -322,7 +320,14 @@ async def test_a_child_saga_runs_once_and_a_completed_child_is_compensated_as_a_
         box: str = await ctx.step("pack", pack, order, compensate=unpack)
         return box
 
-    fulfilment = Saga("fulfilment", fulfil, input_type=Order)
+    return Saga("fulfilment", fulfil, input_type=Order)
+
+
+async def test_a_child_saga_runs_once_and_a_completed_child_is_compensated_as_a_unit(
+    database: str,
+) -> None:
+    shop = Shop()
+    fulfilment = packing(shop)
 
     async def fails_after_child(ctx: SagaContext, order: Order) -> None:
         box = await ctx.child(fulfilment, order)
@@ -380,19 +385,7 @@ async def test_a_child_that_rolled_back_before_its_parent_recorded_asking_it_cou
     # The parent runs its compensation of the child again after the crash; the child
     # has ended and takes no more requests: that end is the compensation's outcome.
     shop = Shop()
-
-    async def pack(ctx: StepContext, order: Order) -> str:
-        value: str = await shop.effect(ctx, f"box-{order.id}")
-        return value
-
-    async def unpack(ctx: StepContext, order: Order, box: str | None) -> None:
-        await shop.undo(ctx, box)
-
-    async def fulfil(ctx: SagaContext, order: Order) -> str:
-        box: str = await ctx.step("pack", pack, order, compensate=unpack)
-        return box
-
-    fulfilment = Saga("fulfilment", fulfil, input_type=Order)
+    fulfilment = packing(shop)
 
     async def fails_after_child(ctx: SagaContext, order: Order) -> None:
         await ctx.child(fulfilment, order)
