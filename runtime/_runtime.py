@@ -300,6 +300,7 @@ class Runtime:
         undecodable snapshot, `UnregisteredSagaError` if this runtime was not
         given the saga's definition.
         """
+        self._check_running()
         _check_lookup(saga_id)
         stored = await self._store.load(saga_id)
         history = await self._store.history(saga_id)
@@ -432,6 +433,7 @@ class Runtime:
         Raises `ValueError` for an unknown status, a `limit` outside 1..1000, or a
         filter that is not valid Unicode text (a lone surrogate).
         """
+        self._check_running()
         for what, text in (
             ("saga_name", saga_name),
             ("waiting_for", waiting_for),

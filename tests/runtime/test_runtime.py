@@ -856,14 +856,32 @@ async def test_a_bad_input_raises_payload_error_and_stores_nothing(
 
 
 async def test_the_api_needs_the_runtime_to_be_running(database: str) -> None:
+    """Before and after `async with`, every call says so with one error (never the closed
+    store's own `StoreClosedError`, which only a direct user of a store sees)."""
     saga = Saga("s", [Step("only", action(Journal()))])
     rt = Runtime(database, sagas=[saga])
-    with pytest.raises(RuntimeNotRunningError):
-        await rt.spawn(saga, None)
+
+    async def refused() -> list[str]:
+        calls = {
+            "spawn": lambda: rt.spawn(saga, None, saga_id="x"),
+            "status": lambda: rt.status("x"),
+            "list": lambda: rt.list(),
+            "result": lambda: rt.result("x"),
+            "signal": lambda: rt.signal("x", "go"),
+            "cancel": lambda: rt.cancel("x"),
+            "resume": lambda: rt.resume("x"),
+        }
+        names = []
+        for name, call in calls.items():
+            with pytest.raises(RuntimeNotRunningError):
+                await call()
+            names.append(name)
+        return names
+
+    assert len(await refused()) == 7
     async with rt:
-        pass
-    with pytest.raises(RuntimeNotRunningError):
-        await rt.spawn(saga, None)
+        await rt.spawn(saga, None, saga_id="x")
+    assert len(await refused()) == 7
 
 
 async def test_a_second_runtime_on_an_open_file_is_locked_out(db: Path) -> None:
