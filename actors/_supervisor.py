@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -34,7 +35,9 @@ class Supervisor:
     escalate: call `on_escalate` if given, else raise
     `SupervisionEscalatedError` out of the supervisor's `async with`
     (its body is cancelled, as a task group's is). Leaving the block stops
-    every actor and waits for them.
+    every actor and waits for them: for ever, or `stop_timeout` seconds,
+    after which an actor that ignores its cancellation is logged and left
+    running, unawaited, in the event loop.
 
     The kernel runs on asyncio: each actor is a plain asyncio task, with anyio's
     cancel scopes and task groups inside it (anyio's asyncio backend; not trio).
@@ -48,7 +51,11 @@ class Supervisor:
         *,
         on_escalate: EscalationHandler | None = None,
         rng: random.Random | None = None,
+        stop_timeout: float | None = None,
     ) -> None:
+        if stop_timeout is not None and not stop_timeout >= 0:
+            raise ValueError("stop_timeout must be >= 0 or None")
+        self._stop_timeout = stop_timeout
         self._strategy = strategy if strategy is not None else RestartWithBackoff()
         self._on_escalate = on_escalate
         self._rng = rng if rng is not None else random.Random()
@@ -135,9 +142,13 @@ class Supervisor:
         try:
             # Wait for every actor even if we are cancelled: none may outlive the block.
             with anyio.CancelScope(shield=True):
-                while self._tasks:
-                    self._idle = asyncio.get_running_loop().create_future()
-                    await self._idle
+                with anyio.move_on_after(
+                    math.inf if self._stop_timeout is None else self._stop_timeout
+                ):
+                    while self._tasks:
+                        self._idle = asyncio.get_running_loop().create_future()
+                        await self._idle
+                self._abandon_the_rest()
         finally:
             self._idle = None
             self._body = None
@@ -155,6 +166,16 @@ class Supervisor:
         raise BaseExceptionGroup(
             "unhandled errors in a Supervisor", [*errors, *([exc] if own and exc else [])]
         )
+
+    def _abandon_the_rest(self) -> None:
+        for task in self._tasks:
+            logger.error(
+                "actor %r ignored its cancellation for %s s; left running, unawaited",
+                task.get_name(),
+                self._stop_timeout,
+            )
+            task.remove_done_callback(self._task_done)
+        self._tasks.clear()
 
     async def _supervise(
         self,

@@ -87,6 +87,7 @@ class SagaHost:
         supervision: RestartWithBackoff,
         mailbox_size: int,
         keep_warm: float,
+        stop_timeout: float,
     ) -> None:
         self._store = store
         self.shared: SharedStore | None = store if isinstance(store, SharedStore) else None
@@ -95,7 +96,9 @@ class SagaHost:
         self._sagas = sagas
         self._clock = clock
         self._mailbox_size = mailbox_size
-        self.supervisor = Supervisor(supervision, on_escalate=self._on_escalate, rng=rng)
+        self.supervisor = Supervisor(
+            supervision, on_escalate=self._on_escalate, rng=rng, stop_timeout=stop_timeout
+        )
         self.timers = TimerService(clock, store, self.wake, self.quarantine)
         self._nudges: dict[str, Nudges] = {}
         self._waiters: dict[str, _Waiter] = {}

@@ -114,7 +114,9 @@ class Runtime:
     `synchronous` (SQLite's durability; FULL by default), `max_recoveries`
     (recoveries in a row without progress before a saga is suspended),
     `supervision` (how crashed saga actors are restarted before they are
-    suspended), `rng` (jitter source).
+    suspended), `rng` (jitter source), `stop_timeout` (seconds leaving waits for
+    the running steps to end once cancelled; a step that ignores its cancellation
+    longer is logged and left running, and runs again on the next start).
 
     Raises `StoreLockedError` on entering if another runtime has the file,
     and `SchemaVersionError` if a newer Sagaloop wrote it.
@@ -133,6 +135,7 @@ class Runtime:
         mailbox_size: int = 16,
         keep_warm: float = 1.0,
         rng: random.Random | None = None,
+        stop_timeout: float = 10.0,
     ) -> None:
         self._sagas: dict[str, Saga] = {}
         for saga in sagas:
@@ -151,6 +154,8 @@ class Runtime:
             self._store = database
         if keep_warm < 0:
             raise ValueError("keep_warm must be >= 0")
+        if not stop_timeout >= 0:  # NaN too
+            raise ValueError("stop_timeout must be >= 0")
         self._clock = clock if clock is not None else SystemClock()
         self._rng = rng if rng is not None else random.Random()
         self._stack: AsyncExitStack | None = None
@@ -163,6 +168,7 @@ class Runtime:
             supervision=supervision,
             mailbox_size=mailbox_size,
             keep_warm=keep_warm,
+            stop_timeout=stop_timeout,
         )
 
     @property

@@ -20,8 +20,14 @@ class StepTimeoutError(TimeoutError):
     """An attempt ran past its step's `timeout` (recorded as the attempt's error, never raised
     to a caller: the step is retried by its policy like any transient failure)."""
 
-    def __init__(self, seconds: float | None) -> None:
-        super().__init__(f"attempt timed out after {seconds} s")
+    def __init__(self, seconds: float | None, *, abandoned: bool = False) -> None:
+        if abandoned:
+            super().__init__(
+                f"attempt timed out after {seconds} s and ignored its cancellation: abandoned"
+            )
+        else:
+            super().__init__(f"attempt timed out after {seconds} s")
+        self.abandoned = abandoned
 
 
 class SagaError(Exception):

@@ -9,6 +9,7 @@ recorded result (or None when the step is ambiguous).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import random
@@ -85,15 +86,47 @@ def classify(step: Runnable, error: BaseException, *, compensating: bool) -> Fai
     return FailureKind.TRANSIENT
 
 
+ABANDON_AFTER = 1.0
+"""Seconds a timed-out attempt has to end once cancelled; then it is abandoned, still running."""
+
+
 async def call_with_timeout(
     seconds: float | None, func: Callable[..., Awaitable[Any]], *args: Any
 ) -> Any:
-    """Await `func(*args)`, raising `StepTimeoutError` after `seconds` (None: no limit)."""
+    """Await `func(*args)`, raising `StepTimeoutError` after `seconds` (None: no limit).
+
+    The call runs in a task of its own so that one which swallows its
+    cancellation cannot hold the saga: `ABANDON_AFTER` seconds past the
+    timeout it is left running, unawaited (`StepTimeoutError(abandoned=True)`).
+    """
     if seconds is None:
         return await func(*args)
-    with anyio.move_on_after(seconds):
-        return await func(*args)
-    raise StepTimeoutError(seconds)
+
+    async def bounded() -> tuple[bool, Any]:
+        with anyio.move_on_after(seconds):  # re-cancels at every await, as anyio does
+            return True, await func(*args)
+        return False, None
+
+    call = asyncio.get_running_loop().create_task(bounded())
+    call.add_done_callback(_retrieved)  # an abandoned call's end is nobody's to log
+    try:
+        await asyncio.wait((call,), timeout=seconds + ABANDON_AFTER)
+    except BaseException:  # we are cancelled (a stop): so is the call, as if it ran here
+        call.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.wait((call,), timeout=ABANDON_AFTER)
+        raise
+    if not call.done():  # left to the loop, unawaited
+        raise StepTimeoutError(seconds, abandoned=True)
+    finished, value = call.result()  # the call's own error, if it raised
+    if not finished:
+        raise StepTimeoutError(seconds)
+    return value
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _escapes(error: BaseException) -> bool:
@@ -119,9 +152,9 @@ async def attempt_step(
         else:
             value = await call_with_timeout(step.timeout, action, ctx, *args)
     except StepTimeoutError as exc:
-        return _step_failed(
-            index, ctx, error_info(exc, timed_out=True), FailureKind.TRANSIENT, now, rng
-        )
+        # Abandoned still running: it may yet act, so it is not retried beside itself.
+        kind = FailureKind.AMBIGUOUS if exc.abandoned else FailureKind.TRANSIENT
+        return _step_failed(index, ctx, error_info(exc, timed_out=True), kind, now, rng)
     except BaseException as exc:
         if _escapes(exc):
             raise

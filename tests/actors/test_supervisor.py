@@ -587,3 +587,45 @@ async def test_live_actors_counts_down_as_actors_stop() -> None:
         await refs[2].join()
         assert supervisor.live_actors == 0
         assert supervisor.get("w2") is None
+
+
+class Deaf(Actor[str]):
+    """Swallows every cancellation until `released`, as a careless retry loop does."""
+
+    def __init__(
+        self, inside: anyio.Event, released: anyio.Event, cancellations: list[int]
+    ) -> None:
+        self.inside = inside
+        self.released = released
+        self.cancellations = cancellations
+
+    async def receive(self, message: str) -> None:
+        self.inside.set()
+        while not self.released.is_set():
+            try:
+                await self.released.wait()
+            except anyio.get_cancelled_exc_class():
+                self.cancellations.append(1)
+
+
+async def test_leaving_waits_at_most_stop_timeout_for_an_actor_deaf_to_cancellation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    inside, released = anyio.Event(), anyio.Event()
+    cancellations: list[int] = []
+    try:
+        async with Supervisor(stop_timeout=0.1) as supervisor:
+            ref = supervisor.spawn(partial(Deaf, inside, released, cancellations), name="deaf")
+            ref.tell_nowait("work")
+            await inside.wait()
+        assert cancellations  # cancelled (again and again: the scope stays cancelled)
+        assert not released.is_set()
+        assert "'deaf' ignored its cancellation for 0.1 s" in caplog.text
+    finally:
+        released.set()
+
+
+def test_stop_timeout_must_be_a_duration() -> None:
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="stop_timeout"):
+            Supervisor(stop_timeout=bad)

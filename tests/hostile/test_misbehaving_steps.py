@@ -124,6 +124,82 @@ async def test_a_step_that_swallows_its_timeout_once_is_cancelled_again(tmp_path
     assert swallowed == [1, 2]  # each attempt swallowed once, then ended
 
 
+class Deaf:
+    """A step that swallows every cancellation until the test lets it go (for the runtime,
+    for ever); released, it returns, so the test's own event loop can end."""
+
+    def __init__(self) -> None:
+        self.released = anyio.Event()
+        self.cancellations = 0
+        self.runs = 0
+        self.running = anyio.Event()
+
+    async def __call__(self, ctx: StepContext, value: int) -> int:
+        self.runs += 1
+        self.running.set()
+        while not self.released.is_set():
+            try:
+                await self.released.wait()
+            except anyio.get_cancelled_exc_class():
+                self.cancellations += 1
+                await anyio.lowlevel.cancel_shielded_checkpoint()
+        return value
+
+
+async def test_a_step_deaf_to_its_timeout_is_abandoned_and_compensated(tmp_path: Path) -> None:
+    deaf = Deaf()
+    undone: list[object] = []
+
+    async def undo_deaf(ctx: StepContext, value: int, result: object) -> None:
+        undone.append(result)
+
+    saga = Saga(
+        "deaf",
+        [
+            Step("first", fine, compensate=undo),
+            Step("deaf", deaf, compensate=undo_deaf, timeout=0.05, retry=QUICK),
+        ],
+    )
+    try:
+        async with Runtime(tmp_path / "sagas.db", sagas=[saga]) as rt:
+            with pytest.raises(SagaCompensated) as raised:
+                await (await rt.spawn(saga, 1, saga_id="s")).result(timeout=20)
+            step = (await rt.status("s")).steps[1]
+    finally:
+        deaf.released.set()
+    assert raised.value.error is not None
+    assert raised.value.error.timed_out
+    assert "abandoned" in raised.value.error.message
+    assert deaf.cancellations > 1  # it was cancelled, again and again, and would not stop
+    assert deaf.runs == 1  # ambiguous: never retried beside itself
+    assert step.attempts == 1
+    assert undone == [None]  # it may have acted: compensated as ambiguous
+
+
+async def test_leaving_the_runtime_is_bounded_by_a_step_deaf_to_cancellation(
+    tmp_path: Path,
+) -> None:
+    deaf = Deaf()
+    saga = Saga("deaf", [Step("first", fine), Step("deaf", deaf)])
+    db = tmp_path / "sagas.db"
+    try:
+        started = anyio.current_time()
+        async with Runtime(db, sagas=[saga], stop_timeout=0.3) as rt:
+            await rt.spawn(saga, 1, saga_id="s")
+            await deaf.running.wait()
+        left_after = anyio.current_time() - started
+        assert deaf.cancellations >= 1
+        assert not deaf.released.is_set()  # still running, unawaited
+        assert left_after < 10  # bounded by stop_timeout, not by the step
+        # Its outcome was never written: the next start runs it again.
+        again = Saga("deaf", [Step("first", fine), Step("deaf", fine)])
+        async with Runtime(db, sagas=[again]) as rt:
+            assert (await rt.handle("s").result(timeout=10))["deaf"] == 1
+    finally:
+        deaf.released.set()
+    assert deaf.runs == 1
+
+
 @pytest.mark.parametrize("stop", sorted(STOPS))
 def test_the_process_exits_after_a_ctrl_c_in_a_step(tmp_path: Path, stop: str) -> None:
     # anyio's worker threads outlived an interrupted event loop and the interpreter
