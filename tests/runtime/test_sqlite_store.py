@@ -6,6 +6,9 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import subprocess
+import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,7 @@ from runtime.sqlite._schema import MIGRATIONS, SCHEMA_VERSION
 from saga import ErrorInfo, FailureKind, StoreError
 from saga.engine import Recovered, StepFailed, TimerFired, transition
 from saga.store import StaleStateError
+from tests.child_process import REPO
 from tests.runtime.test_store_contract import PAIR, T0, new_saga, step_succeeded
 
 
@@ -141,6 +145,32 @@ async def test_a_path_that_cannot_be_a_database_is_a_clear_store_error(
     if before is not None:
         assert path.read_bytes() == before  # nothing written to someone else's file
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_read_only_database_is_refused_on_entering_not_at_each_spawn(tmp_path: Path) -> None:
+    # Root may write any file, so as root the child drops to an unprivileged uid, which
+    # needs a folder it may enter (pytest's are private to their owner): one in /tmp.
+    with tempfile.TemporaryDirectory(dir="/tmp" if os.geteuid() == 0 else tmp_path) as name:
+        folder = Path(name)
+        folder.chmod(0o755)
+        db_path = folder / "sagas.db"
+        anyio.run(_create_store, db_path)
+        db_path.chmod(0o444)
+        before = db_path.read_bytes()
+        child = [
+            *(sys.executable, "-m", "tests.hostile.read_only_child"),
+            *(str(tmp_path / "warm-up.db"), str(db_path)),
+        ]
+        ended = subprocess.run(child, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert ended.returncode == 0, ended.stderr
+        assert ended.stdout.startswith("REFUSED "), ended.stdout + ended.stderr
+        assert "no permission to read and write it" in ended.stdout
+        assert db_path.read_bytes() == before
+
+
+async def _create_store(path: Path) -> None:
+    async with SqliteStore(path):
+        pass
 
 
 def _write(path: Path, data: bytes) -> Path:
