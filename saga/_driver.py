@@ -26,7 +26,7 @@ from ._definition import Saga
 from ._errors import CorruptSagaError, InvalidTransitionError, NonDeterminismError
 from ._events import Event, Resumed, SagaStarted, Suspended
 from ._hosting import FreshStart
-from ._machine import initial_state, transition
+from ._machine import continue_with, initial_state, transition
 from ._model import NULL, ParentRef, SagaState
 from ._payload import decode_payload
 from ._store import HistoryEntry, InboxItem, Store, StoredSaga
@@ -47,11 +47,13 @@ def decide(
         )
     reactions = list(getattr(event, "then", ()))
     while outcome.needs_reaction:
-        reactions.append(run.react(outcome.state))
-        event = replace(event, then=tuple(reactions))
-        outcome = transition(saga, state, event)
+        reaction = run.react(outcome.state)
+        reactions.append(reaction)
+        # As `transition(saga, state, event)` with the reactions so far, without the work
+        # it already did (the replay tools apply the recorded event in one go).
+        outcome = continue_with(saga, outcome.state, event, reaction)
     run.state = outcome.state
-    return outcome, event
+    return outcome, replace(event, then=tuple(reactions))
 
 
 async def commit(

@@ -126,7 +126,7 @@ import msgspec
 from msgspec.structs import replace
 
 from . import _program as program
-from ._calls import CallKind, Calls, Raised, Returned
+from ._calls import CallKind, Calls, Raised, Reaction, Returned
 from ._commands import Command, Finish, RunCompensation, RunStep, ScheduleWakeup
 from ._compensation import (
     compensate,
@@ -290,6 +290,13 @@ def _on_started(saga: Saga, state: SagaState, event: SagaStarted) -> Transition:
         return _start_list_group(saga, state, event, first, None, **changes)
     base = replace(state, **changes)
     return _react(saga, base, event, None)
+
+
+def continue_with(saga: Saga, state: SagaState, event: Event, reaction: Reaction) -> Transition:
+    """Go on from `state`, where `transition` stopped for the body (`Advance`), with its
+    `reaction`: the same as `transition` of the state before `event` by `event` carrying
+    every reaction so far, without applying the event's outcome again."""
+    return _react(saga, state, event, Reactions(None, only=reaction))
 
 
 def _react(saga: Saga, state: SagaState, event: Event, reactions: Reactions | None) -> Transition:

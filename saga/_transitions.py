@@ -77,8 +77,9 @@ class Reactions:
 
     __slots__ = ("_left",)
 
-    def __init__(self, event: Event) -> None:
-        self._left: Iterator[Reaction] = iter(getattr(event, "then", ()))
+    def __init__(self, event: Event | None, *, only: Reaction | None = None) -> None:
+        left = (only,) if only is not None else getattr(event, "then", ())
+        self._left: Iterator[Reaction] = iter(left)
 
     def next(self) -> Reaction | None:
         return next(self._left, None)

@@ -60,6 +60,7 @@ from saga.engine import (
     decide,
     fold,
     initial_state,
+    transition,
 )
 from saga.store import HistoryEntry, SagaState
 
@@ -218,6 +219,11 @@ class Sim:
     def apply(self, event: Event) -> None:
         before = self.state
         outcome, event = decide(self.saga, before, event, self.run)
+        # The driver goes on from where the machine stopped for the body; the recorded
+        # event applied in one go must give the same state and the same commands.
+        again = transition(self.saga, before, event)
+        assert again.state == outcome.state, "decide and transition disagree on the state"
+        assert tuple(again.commands) == tuple(outcome.commands), "... on the commands"
         if outcome.state is not before:
             assert outcome.state.seq == before.seq + 1
             self.history.append(HistoryEntry(outcome.state.seq, event))
