@@ -184,11 +184,18 @@ def argument_types(action: Callable[..., Any]) -> tuple[Any, ...] | None:
     return tuple(hints.get(p.name, Any) for p in parameters)
 
 
+@functools.cache
+def _typed_arguments(action: Callable[..., Any]) -> tuple[Any, ...] | None:
+    """`argument_types`, or None when none of them is more than `Any`."""
+    types = argument_types(action)
+    return None if types is None or all(t is Any for t in types) else types
+
+
 def decode_args(call: PendingCall[Any], raw: bytes) -> tuple[Any, ...]:
     """A call's recorded arguments, decoded by its action's annotations where it has them."""
     values = decode_payload(raw, list[Any], "arguments of step", call.label)
-    types = argument_types(call.declared) if call.declared is not None else None
-    if types is None or len(types) != len(values) or all(t is Any for t in types):
+    types = _typed_arguments(call.declared) if call.declared is not None else None
+    if types is None or len(types) != len(values):
         return tuple(values)
     return tuple(
         value if t is Any else msgspec.convert(value, t)

@@ -6,6 +6,7 @@ import copy
 import functools
 import inspect
 import math
+import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ Compensation = Callable[[StepContext, Any, Any], Awaitable[Any]]
 
 
 def _is_async_callable(func: object) -> bool:
+    if type(func) is types.FunctionType:  # the usual case, asked at every ctx.step: quickly
+        return bool(func.__code__.co_flags & inspect.CO_COROUTINE)
     while isinstance(func, functools.partial):
         func = func.func
     if inspect.iscoroutinefunction(func):
