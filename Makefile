@@ -8,7 +8,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev,postgres]'
 	touch $@
 
-.PHONY: demo test check lint typecheck bench bench-loop bench-waiting bench-growth bench-scale-out clean
+.PHONY: demo test check lint typecheck bench bench-loop bench-waiting bench-growth bench-scale-out bench-replay clean
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo
 
@@ -34,6 +34,9 @@ bench-loop: $(BIN)/.installed
 
 bench-waiting: $(BIN)/.installed
 	$(BIN)/python -m bench.waiting
+
+bench-replay: $(BIN)/.installed
+	$(BIN)/python -m bench.replay
 
 bench-growth: $(BIN)/.installed
 	$(BIN)/python -m bench.growth

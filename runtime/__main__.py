@@ -3,6 +3,7 @@
     python -m runtime list orders.db [--status waiting] [--saga checkout] [--limit 50]
     python -m runtime show orders.db order-42
     python -m runtime runtimes postgresql://host/db     # runtimes, leases, sagas owned
+    python -m runtime check-replay orders.db --sagas shop.sagas:checkout  # before a deploy
 
 DATABASE is a SQLite path or a postgresql:// DSN (`--schema`, default
 sagaloop). A SQLite file is opened read-only on exactly the path given: it is
@@ -265,7 +266,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runtimes", help="PostgreSQL: the runtimes, their leases and the sagas each owns"
     )
     listing_runtimes.add_argument("database")
-    for command in (listing, showing, listing_runtimes):
+    replaying = commands.add_parser(
+        "check-replay",
+        help="would the unfinished sagas replay on these definitions? (exit 1 if not)",
+    )
+    replaying.add_argument("database")
+    replaying.add_argument(
+        "--sagas",
+        action="append",
+        required=True,
+        metavar="MODULE:ATTRIBUTE",
+        help="a Saga or a list of them (repeatable)",
+    )
+    for command in (listing, showing, listing_runtimes, replaying):
         command.add_argument("--schema", default="sagaloop", help="PostgreSQL schema")
     args = parser.parse_args(argv)
     if args.database.startswith(_POSTGRES):
@@ -283,6 +296,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return list_sagas(args.database, args.status, args.saga, args.limit, schema=args.schema)
     if args.command == "runtimes":
         return runtimes(args.database, schema=args.schema)
+    if args.command == "check-replay":
+        from ._check_replay import check_replay
+
+        return check_replay(args.database, args.sagas, schema=args.schema)
     return show(args.database, args.saga_id, schema=args.schema)
 
 

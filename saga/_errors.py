@@ -80,6 +80,7 @@ class CorruptSagaError(StoreError):
     def __init__(self, saga_id: str, detail: str) -> None:
         super().__init__(f"saga {saga_id!r} has a corrupt snapshot: {detail}")
         self.saga_id = saga_id
+        self.detail = detail
 
 
 class SagaEndedError(SagaError):

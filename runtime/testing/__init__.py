@@ -41,9 +41,13 @@ from ._plan import (
     StoreFault,
     StoreFaultKind,
 )
+from ._replay import ReplayProblem, ReplayReport, replay_check
 from ._report import FaultReport
 
 __all__ = (
+    "replay_check",
+    "ReplayProblem",
+    "ReplayReport",
     "fault_injection",
     "FaultInjection",
     "Invariant",
