@@ -1,6 +1,6 @@
 """`python -m runtime`: look into a Sagaloop database, SQLite or PostgreSQL (read-only).
 
-    python -m runtime list orders.db [--status waiting] [--saga checkout] [--limit 50]
+    python -m runtime list orders.db [--status waiting] [--saga checkout] [--version 2] [--limit 50]
     python -m runtime show orders.db order-42
     python -m runtime runtimes postgresql://host/db     # runtimes, leases, sagas owned
     python -m runtime check-replay orders.db --sagas shop.sagas:checkout  # before a deploy
@@ -143,11 +143,28 @@ def _suspended_reason(snapshot: object) -> object:
     return state.get("suspended_reason") if isinstance(state, dict) else None
 
 
+def _version_column(database: str, *, schema: str) -> str:
+    """`version`, or `1` for a database written before versions had a column (read-only:
+    the CLI never migrates)."""
+    try:
+        _query(database, "SELECT version FROM sagas LIMIT 0", schema=schema)
+    except SystemExit:
+        return "1"
+    return "version"
+
+
 def list_sagas(
-    database: str, status: str | None, saga: str | None, limit: int, *, schema: str
+    database: str,
+    status: str | None,
+    saga: str | None,
+    limit: int,
+    *,
+    schema: str,
+    version: int | None = None,
 ) -> int:
+    version_column = _version_column(database, schema=schema)
     clauses, params = [], []
-    for column, value in (("status", status), ("saga_name", saga)):
+    for column, value in (("status", status), ("saga_name", saga), (version_column, version)):
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
@@ -155,20 +172,20 @@ def list_sagas(
     # `error` holds a quarantined saga's reason; the runtime's own suspensions are in the snapshot.
     rows = _query(
         database,
-        "SELECT saga_id, saga_name, status, seq, waiting_for, wake_at, error, "
+        f"SELECT saga_id, saga_name, {version_column}, status, seq, waiting_for, wake_at, error, "
         "CASE WHEN status = 'suspended' THEN snapshot END FROM sagas "
         f"{where} ORDER BY saga_id LIMIT ?",
         [*params, limit],
         schema=schema,
     )
-    print(f"{'saga_id':<24} {'saga':<16} {'status':<13} {'seq':>4}  waiting_for / error")
-    for saga_id, name, row_status, seq, waiting_for, wake_at, error, snapshot in rows:
-        detail = error or _suspended_reason(snapshot) or waiting_for
+    print(f"{'saga_id':<24} {'saga':<16} {'status':<13} {'seq':>4} {'ver':>4}  waiting_for / error")
+    for saga_id, name, saga_version, row_status, seq, waiting_for, wake_at, error, snap in rows:
+        detail = error or _suspended_reason(snap) or waiting_for
         if not detail and wake_at is not None:
             detail = f"wakes at {wake_at:.0f}" if isinstance(wake_at, float | int) else wake_at
         print(
             f"{printable(saga_id):<24} {printable(name):<16} {printable(row_status):<13} "
-            f"{printable(seq):>4}  {printable(detail or '')}"
+            f"{printable(seq):>4} {'v' + printable(saga_version):>4}  {printable(detail or '')}"
         )
     return 0
 
@@ -184,9 +201,11 @@ def _event_text(event: object) -> str:
 
 
 def show(database: str, saga_id: str, *, schema: str) -> int:
+    version_column = _version_column(database, schema=schema)
     rows = _query(
         database,
-        "SELECT saga_name, status, input, snapshot, error FROM sagas WHERE saga_id = ?",
+        f"SELECT saga_name, status, input, snapshot, error, {version_column} FROM sagas "
+        "WHERE saga_id = ?",
         (saga_id,),
         schema=schema,
     )
@@ -205,11 +224,12 @@ def show(database: str, saga_id: str, *, schema: str) -> int:
         (saga_id,),
         schema=schema,
     )
-    name, status, input_text, snapshot, error = rows[0]
+    name, status, input_text, snapshot, error, saga_version = rows[0]
     print(
         f"saga {printable(saga_id)} ({printable(name)}): {printable(status)}"
         + (f"  [{printable(error)}]" if error else "")
     )
+    print(f"version: {printable(saga_version)}")
     print(f"input: {printable(input_text)}")
     print(f"snapshot: {printable(snapshot)}")
     for seq, event in history:
@@ -259,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     listing.add_argument("--status", choices=[status.value for status in SagaStatus])
     listing.add_argument("--saga")
     listing.add_argument("--limit", type=positive_int, default=100)
+    listing.add_argument("--version", type=positive_int, help="definition version")
     showing = commands.add_parser("show", help="one saga: snapshot, history, inbox")
     showing.add_argument("database")
     showing.add_argument("saga_id")
@@ -293,7 +314,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             parser.error(str(exc))
     if args.command == "list":
-        return list_sagas(args.database, args.status, args.saga, args.limit, schema=args.schema)
+        return list_sagas(
+            args.database,
+            args.status,
+            args.saga,
+            args.limit,
+            schema=args.schema,
+            version=args.version,
+        )
     if args.command == "runtimes":
         return runtimes(args.database, schema=args.schema)
     if args.command == "check-replay":

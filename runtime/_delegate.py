@@ -102,9 +102,15 @@ class DelegatingStore:
         waiting_for: str | None = None,
         after: str | None = None,
         limit: int = 100,
+        version: int | None = None,
     ) -> Sequence[SagaRow]:
         return await self.inner.list_sagas(
-            saga_name=saga_name, status=status, waiting_for=waiting_for, after=after, limit=limit
+            saga_name=saga_name,
+            status=status,
+            waiting_for=waiting_for,
+            after=after,
+            limit=limit,
+            version=version,
         )
 
     async def quarantine(self, saga_id: str, reason: str) -> None:

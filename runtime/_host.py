@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -43,10 +42,12 @@ from saga.store import (
     SharedStore,
     StaleStateError,
     Store,
+    StoredSaga,
 )
 
 from ._errors import RuntimeNotRunningError
 from ._latch import Latch
+from ._registry import Registry, not_registered, stand_in
 from ._timers import TimerService
 
 logger = logging.getLogger("runtime")
@@ -79,7 +80,7 @@ class SagaHost:
     def __init__(
         self,
         store: Store,
-        sagas: Mapping[str, Saga],
+        sagas: Registry,
         *,
         clock: Clock,
         rng: random.Random,
@@ -92,7 +93,7 @@ class SagaHost:
         self._store = store
         self.shared: SharedStore | None = store if isinstance(store, SharedStore) else None
         if self.shared is not None:
-            self.shared.saga_names = frozenset(sagas)
+            self.shared.saga_names = sagas.names
         self._sagas = sagas
         self._clock = clock
         self._mailbox_size = mailbox_size
@@ -118,6 +119,8 @@ class SagaHost:
             keep_warm=keep_warm,
             start_child=self._start_child,
             compensate_child=self._compensate_child,
+            definition_of=sagas.get,
+            unregistered=self._unregistered,
         )
         self._rng = rng
 
@@ -145,8 +148,7 @@ class SagaHost:
         self, saga: Saga[Any, Any], child_id: str, data: bytes, parent: ParentRef
     ) -> None:
         """A parent's `ctx.child`: create the child exactly once, and start it."""
-        known = self._sagas.get(saga.name)
-        if known is None or known is not saga:
+        if self._sagas.get(saga.name, saga.version) is not saga:
             raise DefinitionError(
                 f"child saga {saga.name!r} is not one of this runtime's sagas: "
                 "pass it in Runtime(sagas=[...]) too"
@@ -260,7 +262,7 @@ class SagaHost:
                 # Another path (a sweep, a timer) started its actor while this one awaited.
                 await self.activate(saga_id, saga_name, wake=wake, claimed=True)
                 return
-            saga = self._sagas.get(saga_name)
+            saga = self._sagas.newest(saga_name)  # its actor picks the version it runs on
             if saga is None:
                 logger.warning("saga %r is a %r saga, unknown to this runtime", saga_id, saga_name)
                 if self.shared is not None:
@@ -392,7 +394,7 @@ class SagaHost:
         logger.error("saga %r quarantined: %s", saga_id, reason)
         try:
             stored = await self._store.load(saga_id)
-            saga = self._sagas.get(stored.saga_name)
+            saga = self._sagas.get(stored.saga_name, stored.state.definition_version)
             if saga is not None and stored.state.status.is_live:
                 await engine.suspend(self._store, saga, saga_id, reason, self._clock.now())
                 return
@@ -402,6 +404,24 @@ class SagaHost:
             pass
         await self._store.quarantine(saga_id, reason)
 
+    async def _unregistered(self, stored: StoredSaga) -> None:
+        """An actor found its saga's version is not one of this runtime's definitions.
+
+        On a shared store another runtime may have it: let the saga go. Here alone,
+        suspend it with the reason; `Runtime.resume` continues it once it is given."""
+        name, version = stored.saga_name, stored.state.definition_version
+        reason = not_registered(name, version)
+        if self.shared is not None:
+            logger.warning("saga %r left to another runtime: %s here", stored.saga_id, reason)
+            self.shared.release(stored.saga_id)
+            return
+        if not stored.state.status.is_live:
+            return  # already suspended (or ended): nothing runs
+        logger.error("saga %r suspended: %s", stored.saga_id, reason)
+        await engine.suspend(
+            self._store, stand_in(stored.state), stored.saga_id, reason, self._clock.now()
+        )
+
     async def _on_escalate(self, saga_id: str, error: Exception) -> None:
         reason = f"its actor kept crashing; last error: {type(error).__name__}: {error}"
         if isinstance(error, LeaseLostError):
@@ -409,8 +429,10 @@ class SagaHost:
             return
         try:
             stored = await self._store.load(saga_id)
-            saga = self._sagas[stored.saga_name]
-            await engine.suspend(self._store, saga, saga_id, reason, self._clock.now())
+            saga = self._sagas.get(stored.saga_name, stored.state.definition_version)
+            await engine.suspend(
+                self._store, saga or stand_in(stored.state), saga_id, reason, self._clock.now()
+            )
             logger.error("saga %r suspended: %s", saga_id, reason)
         except CorruptSagaError as exc:
             await self._store.quarantine(saga_id, str(exc))

@@ -69,6 +69,8 @@ class SagaInfo:
     """A child saga's parent."""
     children: tuple[str, ...] = ()
     """The ids of the child sagas this saga started."""
+    version: int = 1
+    """The definition version it runs on (to its end, whatever newer versions exist)."""
 
     def timeline(self) -> list[str]:
         """The history as readable lines, one per thing that happened."""
@@ -112,6 +114,7 @@ def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> 
         _definition=saga,
         parent_id=state.parent.saga_id if state.parent is not None else None,
         children=tuple(info.child_id for info in steps if info.child_id is not None),
+        version=state.definition_version,
     )
 
 
@@ -152,6 +155,8 @@ class SagaSummary:
     waiting_for: str | None
     wake_at: float | None
     updated_at: float
+    version: int = 1
+    """The definition version it runs on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +187,8 @@ def row_problem(row: SagaRow) -> str | None:
         return not_a_time("updated_at", repr(row.updated_at))
     if row.waiting_for is not None and not isinstance(row.waiting_for, str):
         return f"its waiting_for column holds {row.waiting_for!r}, not a signal name"
+    if isinstance(row.version, bool) or not isinstance(row.version, int) or row.version < 1:
+        return f"its version column holds {row.version!r}, not a definition version"
     return None
 
 

@@ -12,6 +12,7 @@ def listing_query(
     waiting_for: str | None,
     after: str | None,
     limit: int,
+    version: int | None = None,
     placeholder: Callable[[int], str],
 ) -> tuple[str, list[object]]:
     """SQL and parameters listing sagas by id; `placeholder(n)` spells the n-th parameter."""
@@ -21,6 +22,7 @@ def listing_query(
         ("status", status),
         ("saga_name", saga_name),
         ("waiting_for", waiting_for),
+        ("version", version),
         ("saga_id >", after),
     ):
         if value is not None:
@@ -30,7 +32,7 @@ def listing_query(
     where = f"WHERE {' AND '.join(clauses)} " if clauses else ""
     params.append(limit)
     sql = (
-        "SELECT saga_id, saga_name, status, waiting_for, wake_at, updated_at FROM sagas "
+        "SELECT saga_id, saga_name, status, waiting_for, wake_at, updated_at, version FROM sagas "
         f"{where}ORDER BY saga_id LIMIT {placeholder(len(params))}"
     )
     return sql, params

@@ -48,6 +48,7 @@ from ._errors import (
 from ._handle import SagaHandle
 from ._host import SagaHost
 from ._info import STATUS_VALUES, SagaInfo, SagaPage, SagaSummary, row_problem, saga_info
+from ._registry import Registry, stand_in
 from .sqlite import SqliteStore, Synchronous
 
 logger = logging.getLogger("runtime")
@@ -137,13 +138,7 @@ class Runtime:
         rng: random.Random | None = None,
         stop_timeout: float = 10.0,
     ) -> None:
-        self._sagas: dict[str, Saga] = {}
-        for saga in sagas:
-            if not isinstance(saga, Saga):
-                raise TypeError(f"sagas must be Saga definitions, got {saga!r}")
-            if saga.name in self._sagas and self._sagas[saga.name] is not saga:
-                raise ValueError(f"two different sagas are named {saga.name!r}")
-            self._sagas[saga.name] = saga
+        self._sagas = Registry(sagas)
         if max_recoveries < 0:
             raise ValueError("max_recoveries must be >= 0")
         if isinstance(database, str) and database.startswith(_POSTGRES_SCHEMES):
@@ -235,15 +230,21 @@ class Runtime:
 
     # -- public API --------------------------------------------------------
 
-    def _definition(self, saga: Saga | str) -> Saga:
-        name = saga.name if isinstance(saga, Saga) else saga
-        definition = self._sagas.get(name)
-        if definition is None or (isinstance(saga, Saga) and definition is not saga):
+    def _definition(self, state: SagaState) -> Saga:
+        """The definition an instance runs on; `UnregisteredSagaError` if not given here."""
+        if state.saga_name not in self._sagas:
             raise UnregisteredSagaError(
-                f"saga {name!r} is not one of this runtime's sagas "
-                f"({', '.join(sorted(self._sagas)) or 'none'}); pass it in Runtime(sagas=[...])"
+                f"saga {state.saga_name!r} is not one of this runtime's sagas "
+                f"({self._sagas.describe()}); pass it in Runtime(sagas=[...])"
             )
-        return definition
+        return self._sagas.of_instance(state.saga_name, state.definition_version)
+
+    def _definition_or_stand_in(self, state: SagaState) -> Saga:
+        """As `_definition`, but a version not given here is read through a stand-in."""
+        if state.saga_name in self._sagas:
+            found = self._sagas.get(state.saga_name, state.definition_version)
+            return found if found is not None else stand_in(state)
+        return self._definition(state)
 
     @overload
     async def spawn(
@@ -269,7 +270,7 @@ class Runtime:
         an empty `saga_id`, one with a NUL character or over 1,000 bytes.
         """
         self._check_running()
-        definition = self._definition(saga)
+        definition = self._sagas.resolve(saga)
         if saga_id is None:
             saga_id = uuid.uuid4().hex
         elif not isinstance(saga_id, str) or not saga_id.strip():
@@ -310,7 +311,7 @@ class Runtime:
         _check_lookup(saga_id)
         stored = await self._store.load(saga_id)
         history = await self._store.history(saga_id)
-        definition = self._definition(stored.saga_name)
+        definition = self._definition_or_stand_in(stored.state)
         state = stored.state
         if state.partial:  # a code saga: its calls come back from its history
             # It may have moved on between the two reads: the history up to the snapshot.
@@ -340,7 +341,7 @@ class Runtime:
                 raise SagaNotSuspendedError(
                     f"saga {saga_id!r} is {stored.state.status}, not suspended; nothing to resume"
                 )
-            definition = self._definition(stored.saga_name)
+            definition = self._definition(stored.state)
             stored = await engine.restore(self._store, definition, saga_id)
             try:
                 fresh = await engine.resume(self._store, definition, stored, self._clock.now())
@@ -385,10 +386,17 @@ class Runtime:
         _check_lookup(saga_id)
         self._check_running()
         stored = await self._store.load(saga_id)
-        definition = self._definition(stored.saga_name)
+        if stored.saga_name not in self._sagas:
+            self._definition(stored.state)  # raises UnregisteredSagaError
+        # None: a version not given here, whose signals are not known; checked when it waits.
+        definition = self._sagas.get(stored.saga_name, stored.state.definition_version)
         if stored.state.status.is_terminal:
             raise SagaEndedError(saga_id, stored.state.status)
-        if definition.signals_declared and name not in definition.signals:
+        if (
+            definition is not None
+            and definition.signals_declared
+            and name not in definition.signals
+        ):
             raise UnknownSignalError(
                 f"no step of saga {definition.name!r} waits for signal {name!r} "
                 f"(it waits for: {', '.join(sorted(definition.signals)) or 'none'})"
@@ -398,7 +406,7 @@ class Runtime:
             _check_text(idempotency_key, "idempotency_key")
         what = f"payload of signal {name!r}"
         data = encode_payload(payload, what)
-        if name in definition.signals:  # a code saga that declares none checks it when it waits
+        if definition is not None and name in definition.signals:
             decode_payload(data, definition.signals[name], what)
         item = InboxItem(0, saga_id, "signal", name, data, idempotency_key, self._clock.now())
         accepted = await self._store.deliver(item)
@@ -432,8 +440,10 @@ class Runtime:
         waiting_for: str | None = None,
         after: str | None = None,
         limit: int = 100,
+        version: int | None = None,
     ) -> SagaPage:
-        """Sagas by id, filtered by saga name, status and the signal they wait for.
+        """Sagas by id, filtered by saga name, status, the signal they wait for and the
+        definition version they run on.
 
         Pass the page's `next_after` as `after` for the next page (None: the end).
         Raises `ValueError` for an unknown status, a `limit` outside 1..1000, or a
@@ -451,6 +461,10 @@ class Runtime:
             raise ValueError(f"unknown status {status!r}")
         if not 1 <= limit <= 1000:
             raise ValueError("limit must be between 1 and 1000")
+        if version is not None and (
+            isinstance(version, bool) or not isinstance(version, int) or not 1 <= version < 2**31
+        ):
+            raise ValueError(f"version must be an int >= 1, got {version!r}")
         rows = list(
             await self._store.list_sagas(
                 saga_name=saga_name,
@@ -458,6 +472,7 @@ class Runtime:
                 waiting_for=waiting_for,
                 after=after,
                 limit=limit + 1,  # one more tells whether another page follows
+                version=version,
             )
         )
         more = len(rows) > limit
@@ -477,6 +492,7 @@ class Runtime:
                 waiting_for=row.waiting_for,
                 wake_at=row.wake_at,
                 updated_at=row.updated_at,
+                version=row.version,
             )
         await self._host.quarantine(row.saga_id, problem)
         updated_at = row.updated_at if isinstance(row.updated_at, float | int) else 0.0
@@ -487,6 +503,7 @@ class Runtime:
             waiting_for=None,
             wake_at=None,
             updated_at=float(updated_at),
+            version=row.version if type(row.version) is int and row.version >= 1 else 1,
         )
 
     # -- outcomes ----------------------------------------------------------
@@ -527,11 +544,7 @@ class Runtime:
                 raise SagaSuspendedError(saga_id, final.suspended_reason)
 
     async def _outcome(self, state: SagaState) -> Output:
-        definition = self._sagas.get(state.saga_name)
-        if definition is None:
-            raise UnregisteredSagaError(
-                f"saga {state.saga_name!r} is not one of this runtime's sagas"
-            )
+        definition = self._definition_or_stand_in(state)
         if state.partial and state.status is not SagaStatus.COMPLETED:
             # A code saga's stored form: its failed calls are in its history.
             state = (await engine.restore(self._store, definition, state.saga_id)).state

@@ -50,7 +50,7 @@ class Deliver(msgspec.Struct, eq=False):
 
 def new_saga_row(op: Create) -> tuple[object, ...]:
     """The `sagas` row of a new saga: saga_id, saga_name, status, seq, input, snapshot,
-    wake_at, runnable, waiting_for, created_at, updated_at."""
+    wake_at, runnable, waiting_for, created_at, updated_at, version."""
     saga, state = op.saga, op.saga.state
     return (
         saga.saga_id,
@@ -64,6 +64,7 @@ def new_saga_row(op: Create) -> tuple[object, ...]:
         state.waiting_for,
         state.started_at or op.event.at,
         state.updated_at or op.event.at,
+        state.definition_version,
     )
 
 

@@ -60,7 +60,7 @@ from ._hosting import FreshStart, Nudge, Nudges, SagaActorDeps, SagaMessage, Wak
 from ._model import FailureKind, ParentRef, SagaState, SagaStatus, StepStatus
 from ._payload import decode_payload, encode_payload
 from ._step_runner import attempt_compensation, attempt_step, error_info, wait_deadline
-from ._store import InboxItem
+from ._store import InboxItem, StoredSaga
 
 logger = logging.getLogger("saga")
 
@@ -119,7 +119,10 @@ class SagaActor(Actor[SagaMessage]):
             await self._drive(None)
         else:
             try:
-                stored = await driver.restore(self._deps.store, self._saga, self._saga_id)
+                stored = await self._restore()
+                if stored is None:
+                    await self._stop(None)  # a version this runtime was not given: it decided
+                    return
                 self._state = stored.state
                 self._input = self._decode_input(stored.input)
             except CorruptSagaError as exc:
@@ -142,6 +145,21 @@ class SagaActor(Actor[SagaMessage]):
             if self._wake and not self._stop_requested:
                 await self._drive(TimerFired(at=self._deps.clock.now()))
         await self._settle()
+
+    async def _restore(self) -> StoredSaga | None:
+        """The stored saga on the definition of its own version (None: not given here)."""
+        definition_of = self._deps.definition_of
+        if definition_of is None:
+            return await driver.restore(self._deps.store, self._saga, self._saga_id)
+        saga, stored = await driver.restore_on_its_version(
+            self._deps.store, definition_of, self._saga_id
+        )
+        if saga is None:
+            if self._deps.unregistered is not None:
+                await self._deps.unregistered(stored)
+            return None
+        self._saga = saga
+        return stored
 
     async def on_stop(self) -> None:
         if self._run is not None:

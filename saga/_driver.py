@@ -184,7 +184,23 @@ def fold(saga: Saga[Any, Any], saga_id: str, history: Sequence[HistoryEntry]) ->
 async def restore(store: Store, saga: Saga[Any, Any], saga_id: str) -> StoredSaga:
     """The saga as stored, its state complete: a code saga's partial snapshot is completed
     from its history (and must agree with it). Raises `SagaNotFound`, `CorruptSagaError`."""
+    return await _complete(store, saga, await store.load(saga_id))
+
+
+async def restore_on_its_version(
+    store: Store, definition_of: Callable[[str, int], Saga[Any, Any] | None], saga_id: str
+) -> tuple[Saga[Any, Any] | None, StoredSaga]:
+    """As `restore`, with the definition of the saga's own name and version (from its
+    snapshot): (None, the saga as stored) when `definition_of` has none."""
     stored = await store.load(saga_id)
+    saga = definition_of(stored.saga_name, stored.state.definition_version)
+    if saga is None:
+        return None, stored
+    return saga, await _complete(store, saga, stored)
+
+
+async def _complete(store: Store, saga: Saga[Any, Any], stored: StoredSaga) -> StoredSaga:
+    saga_id = stored.saga_id
     if not stored.state.partial:
         check_fits(saga, stored.state)
         return stored

@@ -18,7 +18,7 @@ import msgspec
 
 from ._clock import Clock
 from ._model import ParentRef, SagaState
-from ._store import Store
+from ._store import Store, StoredSaga
 from ._transitions import Transition
 
 if TYPE_CHECKING:
@@ -53,6 +53,12 @@ class SagaActorDeps:
     """Waits shorter than this keep the actor in memory; longer ones passivate it."""
     start_child: StartChild | None = None
     compensate_child: CompensateChild | None = None
+    definition_of: Callable[[str, int], Saga[Any, Any] | None] | None = None
+    """The definition of a saga name and version, None when not given to this runtime (no
+    lookup: every snapshot runs on the actor's own definition)."""
+    unregistered: Callable[[StoredSaga], Awaitable[None]] | None = None
+    """Called with a restarted saga whose version `definition_of` does not know; the
+    actor then stops without running anything."""
 
 
 class Nudges:

@@ -64,6 +64,8 @@ class SagaRow:
     waiting_for: str | None
     wake_at: float | None
     updated_at: float
+    version: int = 1
+    """The definition version it runs on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,7 @@ class Store(Protocol):
         waiting_for: str | None = None,
         after: str | None = None,
         limit: int = 100,
+        version: int | None = None,
     ) -> Sequence[SagaRow]:
         """Sagas matching the filters, by id, starting after the id `after`."""
         ...

@@ -89,6 +89,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         )
         """,
     ),
+    2: (
+        # The definition version an instance runs on, beside its name: listing and claims
+        # by version (the snapshot holds it as `definition_version`, omitted when 1).
+        "ALTER TABLE sagas ADD COLUMN version integer NOT NULL DEFAULT 1",
+        """
+        UPDATE sagas
+        SET version = substring(snapshot FROM '^\\{.*?"definition_version":([0-9]{1,9})[,}]')::int
+        WHERE snapshot ~ '"definition_version":[0-9]{1,9}[,}]'
+        """,
+    ),
 }
 
 SCHEMA_VERSION = latest_version(MIGRATIONS)

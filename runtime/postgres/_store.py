@@ -494,6 +494,7 @@ class PostgresStore(Ownership):
         waiting_for: str | None = None,
         after: str | None = None,
         limit: int = 100,
+        version: int | None = None,
     ) -> Sequence[SagaRow]:
         sql, params = listing_query(
             saga_name=saga_name,
@@ -501,6 +502,7 @@ class PostgresStore(Ownership):
             waiting_for=waiting_for,
             after=after,
             limit=limit,
+            version=version,
             placeholder=lambda n: f"${n}",
         )
         rows = await self._fetch(sql, *params)

@@ -66,14 +66,14 @@ _CREATE = """
 WITH v AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
                          $7::text[], $8::float8[], $9::bool[], $10::text[], $11::float8[],
-                         $12::float8[], $13::float8[], $14::text[])
+                         $12::float8[], $13::int[], $14::float8[], $15::text[])
         AS v(saga_id, saga_name, status, seq, input, snapshot, wake_at, runnable,
-             waiting_for, created_at, updated_at, at, event)
+             waiting_for, created_at, updated_at, version, at, event)
 ), ins AS (
     INSERT INTO sagas (saga_id, saga_name, status, seq, input, snapshot, wake_at, runnable,
-                       waiting_for, owner, epoch, created_at, updated_at)
+                       waiting_for, owner, epoch, created_at, updated_at, version)
     SELECT saga_id, saga_name, status, seq, input, snapshot, wake_at, runnable,
-           waiting_for, $1, 1, created_at, updated_at FROM v
+           waiting_for, $1, 1, created_at, updated_at, version FROM v
     ON CONFLICT (saga_id) DO NOTHING
     RETURNING saga_id
 ), hist AS (
@@ -192,7 +192,7 @@ async def _create(conn: Connection, creates: list[Create], owner: str | None) ->
     first: dict[str, Create] = {}
     for op in creates:
         first.setdefault(op.saga.saga_id, op)
-    columns: list[list[object]] = [[] for _ in range(13)]
+    columns: list[list[object]] = [[] for _ in range(14)]
     for op in first.values():
         values = (*new_saga_row(op), op.event.at, encode_event(op.event))
         for column, value in zip(columns, values, strict=True):

@@ -69,6 +69,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP INDEX IF EXISTS sagas_live",
         "DROP INDEX IF EXISTS sagas_runnable",
     ),
+    4: (
+        # The definition version an instance runs on, beside its name: for listing by
+        # version (the snapshot holds it too, as `definition_version`, omitted when 1).
+        "ALTER TABLE sagas ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+        """
+        UPDATE sagas SET version = json_extract(snapshot, '$.definition_version')
+        WHERE json_valid(snapshot)
+          AND typeof(json_extract(snapshot, '$.definition_version')) = 'integer'
+        """,
+    ),
 }
 
 SCHEMA_VERSION = latest_version(MIGRATIONS)

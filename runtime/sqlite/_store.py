@@ -408,6 +408,7 @@ class SqliteStore:
         waiting_for: str | None = None,
         after: str | None = None,
         limit: int = 100,
+        version: int | None = None,
     ) -> Sequence[SagaRow]:
         sql, params = listing_query(
             saga_name=saga_name,
@@ -415,6 +416,7 @@ class SqliteStore:
             waiting_for=waiting_for,
             after=after,
             limit=limit,
+            version=version,
             placeholder=lambda _: "?",
         )
         rows = await _fetch(self._read_conn(), sql, params)

@@ -41,7 +41,8 @@ Hint = tuple[str, int, float | None, str | None]
 _DELETE_CONSUMED = "DELETE FROM inbox WHERE id=? AND saga_id=?"
 _INSERT_NEW = (
     "INSERT INTO sagas(saga_id, saga_name, status, seq, input, snapshot, wake_at, "
-    "runnable, waiting_for, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "runnable, waiting_for, created_at, updated_at, version) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_SNAPSHOT = (
     "UPDATE sagas SET snapshot=?, seq=?, updated_at=? WHERE saga_id=? AND seq=? AND status=? "

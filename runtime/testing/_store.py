@@ -193,6 +193,7 @@ class FaultyStore(DelegatingStore):
         waiting_for: str | None = None,
         after: str | None = None,
         limit: int = 100,
+        version: int | None = None,
     ) -> Sequence[SagaRow]:
         async with self._call():
             return await self.inner.list_sagas(
@@ -201,6 +202,7 @@ class FaultyStore(DelegatingStore):
                 waiting_for=waiting_for,
                 after=after,
                 limit=limit,
+                version=version,
             )
 
     async def quarantine(self, saga_id: str, reason: str) -> None:

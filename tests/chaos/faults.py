@@ -378,6 +378,7 @@ class FaultyStore(DelegatingStore):
         waiting_for: str | None = None,
         after: str | None = None,
         limit: int = 100,
+        version: int | None = None,
     ) -> Sequence[SagaRow]:
         return await self._read(
             lambda: self.inner.list_sagas(
@@ -386,6 +387,7 @@ class FaultyStore(DelegatingStore):
                 waiting_for=waiting_for,
                 after=after,
                 limit=limit,
+                version=version,
             )
         )
 

@@ -295,10 +295,11 @@ async def test_text_from_the_database_is_printed_escaped_one_saga_a_line(
     lines = out.splitlines()
     assert len(lines) == 4  # the header and three sagas
     assert "\x1b" not in out
-    *row, _seq, detail = lines[1].split()
+    *row, _seq, version, detail = lines[1].split()
+    assert version == "v1"
     assert [*row, detail] == ["a", "cli", "compensated", "go\\nnow"]
     assert lines[2].split()[:2] == ["b\\xad\\xed\\xa0\\x80", "cli"]
-    *row, _seq, detail = lines[3].split()
+    *row, _seq, _version, detail = lines[3].split()
     assert [*row, detail] == ["evil\\n\\x1b[31mred", "c\\tli", "compensated", "\\x1b[0m!"]
 
     assert main(["show", str(db), EVIL]) == 0
