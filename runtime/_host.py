@@ -94,6 +94,7 @@ class SagaHost:
         self.shared: SharedStore | None = store if isinstance(store, SharedStore) else None
         if self.shared is not None:
             self.shared.saga_names = sagas.names
+            self.shared.saga_versions = frozenset((s.name, s.version) for s in sagas)
         self._sagas = sagas
         self._clock = clock
         self._mailbox_size = mailbox_size
@@ -411,7 +412,7 @@ class SagaHost:
         suspend it with the reason; `Runtime.resume` continues it once it is given."""
         name, version = stored.saga_name, stored.state.definition_version
         reason = not_registered(name, version)
-        if self.shared is not None:
+        if self.shared is not None and await self.shared.served_elsewhere(name, version):
             logger.warning("saga %r left to another runtime: %s here", stored.saga_id, reason)
             self.shared.release(stored.saga_id)
             return

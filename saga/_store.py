@@ -230,6 +230,10 @@ class SharedStore(Store, Protocol):
     saga_names: frozenset[str] | None
     """The sagas this runtime has definitions for: it claims no orphan of another (None: any)."""
 
+    saga_versions: frozenset[tuple[str, int]] | None
+    """The (name, version) pairs it has: it claims an orphan of another version only when no
+    live runtime has that version (to suspend it). None: any."""
+
     @property
     def run_spawned_here(self) -> bool:
         """Whether a saga this runtime creates is its own (else: the first claimer's)."""
@@ -249,6 +253,10 @@ class SharedStore(Store, Protocol):
     async def claim_orphans(self, now: float, limit: int) -> Sequence[UnfinishedSaga]:
         """Claim live sagas with work to do that no live runtime owns: runnable ones,
         ones due by `now`, ones with inbox items."""
+        ...
+
+    async def served_elsewhere(self, saga_name: str, version: int) -> bool:
+        """Whether another live runtime has that version of the saga (it may take it)."""
         ...
 
     async def owned_with_work(self, now: float) -> Sequence[OwnedSaga]:

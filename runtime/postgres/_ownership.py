@@ -55,13 +55,24 @@ WITH candidates AS (
 ), picked AS (
     SELECT s.saga_id FROM sagas s JOIN candidates c USING (saga_id)
     WHERE (s.status IN {LIVE} OR {_ASKED_TO_COMPENSATE}) AND {OWNER_IS_GONE} AND {_SELF_IS_LIVE}
-      AND ($4::text[] IS NULL OR s.saga_name = ANY($4))
+      AND ($4::text[] IS NULL OR (s.saga_name = ANY($4) AND (
+           -- a version this runtime has ($5 NULL: any), or one no live runtime has
+           -- (claimed to be suspended with the reason)
+           $5::text[] IS NULL OR (s.saga_name || ':' || s.version) = ANY($5)
+           OR NOT EXISTS (
+               SELECT 1 FROM runtimes r WHERE r.lease_until > clock_timestamp()
+                 AND (r.sagas IS NULL OR (s.saga_name || ':' || s.version) = ANY(r.sagas))))))
     LIMIT $3
     FOR UPDATE OF s SKIP LOCKED
 )
 UPDATE sagas s SET owner = $1, epoch = s.epoch + 1
 FROM picked WHERE s.saga_id = picked.saga_id
 RETURNING s.saga_id, s.saga_name, s.epoch
+"""
+
+_SERVED_ELSEWHERE = """
+SELECT EXISTS (SELECT 1 FROM runtimes r WHERE r.runtime_id <> $1
+               AND r.lease_until > clock_timestamp() AND (r.sagas IS NULL OR $2 = ANY(r.sagas)))
 """
 
 _OWNED_WITH_WORK = f"""
@@ -76,9 +87,9 @@ WHERE s.owner = $1 AND s.status IN {LIVE}
 """
 
 _JOIN = """
-INSERT INTO runtimes (runtime_id, name, lease_until)
-VALUES ($1, $2, clock_timestamp() + $3 * interval '1 second')
-ON CONFLICT (runtime_id) DO UPDATE SET lease_until = excluded.lease_until
+INSERT INTO runtimes (runtime_id, name, lease_until, sagas)
+VALUES ($1, $2, clock_timestamp() + $3 * interval '1 second', $4)
+ON CONFLICT (runtime_id) DO UPDATE SET lease_until = excluded.lease_until, sagas = excluded.sagas
 """
 
 _RENEW = """
@@ -97,6 +108,7 @@ class Ownership:
     lease: float
     name: str
     saga_names: frozenset[str] | None
+    saga_versions: frozenset[tuple[str, int]] | None
     lease_lapses: int
     _runtime_id: str
     _pool: asyncpg.Pool | None
@@ -113,7 +125,7 @@ class Ownership:
     async def _join(self, conn: Connection) -> None:
         """Enter this runtime's row and lease; forget runtimes long dead (their sagas count
         as orphans either way)."""
-        await conn.execute(_JOIN, self._runtime_id, self.name, self.lease)
+        await conn.execute(_JOIN, self._runtime_id, self.name, self.lease, self._version_keys())
         await conn.execute(
             "DELETE FROM runtimes WHERE lease_until < clock_timestamp() - interval '1 hour'"
         )
@@ -175,7 +187,7 @@ class Ownership:
         overdue = await conn.fetchval(_RENEW, self._runtime_id, self.lease)
         if overdue is None:
             # Our row is gone (an operator removed it): join again.
-            await conn.execute(_JOIN, self._runtime_id, self.name, self.lease)
+            await conn.execute(_JOIN, self._runtime_id, self.name, self.lease, self._version_keys())
         elif overdue > 0:
             self.lease_lapses += 1
             logger.warning(
@@ -252,9 +264,20 @@ class Ownership:
         self._releasing[saga_id] = self._batch
         self._has_work.set()
 
+    def _version_keys(self) -> list[str] | None:
+        """`name:version` of each definition this runtime has (None: it runs any)."""
+        if self.saga_versions is None:
+            return None
+        return sorted(f"{name}:{version}" for name, version in self.saga_versions)
+
+    async def served_elsewhere(self, saga_name: str, version: int) -> bool:
+        rows = await self._fetch(_SERVED_ELSEWHERE, self._runtime_id, f"{saga_name}:{version}")
+        return bool(rows[0][0])
+
     async def claim_orphans(self, now: float, limit: int) -> Sequence[UnfinishedSaga]:
         names = None if self.saga_names is None else sorted(self.saga_names)
-        rows = await self._fetch(_CLAIM_ORPHANS, self._runtime_id, now, limit, names)
+        keys = self._version_keys()
+        rows = await self._fetch(_CLAIM_ORPHANS, self._runtime_id, now, limit, names, keys)
         for row in rows:
             self._epochs[row["saga_id"]] = row["epoch"]
         return [UnfinishedSaga(row["saga_id"], row["saga_name"]) for row in rows]

@@ -93,6 +93,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # The definition version an instance runs on, beside its name: listing and claims
         # by version (the snapshot holds it as `definition_version`, omitted when 1).
         "ALTER TABLE sagas ADD COLUMN version integer NOT NULL DEFAULT 1",
+        # `name:version` of each definition a runtime has (NULL: any), so that a saga of a
+        # version no live runtime has can be told from one another runtime will take.
+        "ALTER TABLE runtimes ADD COLUMN sagas text[]",
         """
         UPDATE sagas
         SET version = substring(snapshot FROM '^\\{.*?"definition_version":([0-9]{1,9})[,}]')::int

@@ -122,6 +122,7 @@ class PostgresStore(Ownership):
         # Sagas whose hand-back is queued or committing, and the batch that carries it.
         self._releasing: dict[str, PgBatch] = {}
         self.saga_names: frozenset[str] | None = None
+        self.saga_versions: frozenset[tuple[str, int]] | None = None
         """The sagas the runtime has definitions for: it claims no others (None: any)."""
         self._notice_handler: Callable[[Notice], None] | None = None
         self._batch = PgBatch()

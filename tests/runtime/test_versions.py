@@ -222,3 +222,39 @@ async def test_postgresql_lists_versions_and_migrates_them(pg_dsn: str) -> None:
         await until_status(rt, "two", SagaStatus.WAITING)
         assert [i.saga_id for i in (await rt.list(version=2)).items] == ["two"]
         assert (await rt.status("one")).version == 1
+
+
+def pg_runtime(dsn: str, name: str, *sagas: Saga[Any, Any]) -> Runtime:
+    from runtime.postgres import PostgresStore
+
+    return Runtime(PostgresStore(dsn, name=name, lease=2.0, poll_interval=0.1), sagas=sagas)
+
+
+async def test_on_postgresql_a_runtime_leaves_a_version_it_lacks_to_one_that_has_it(
+    pg_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with pg_runtime(pg_dsn, "v1-era", CODE_V1) as rt:
+        for n in range(4):
+            await rt.spawn(CODE_V1, n, saga_id=f"old-{n}")
+        for n in range(4):
+            await until_status(rt, f"old-{n}", SagaStatus.WAITING)
+    async with (
+        pg_runtime(pg_dsn, "new-only", CODE_V2) as new_only,
+        pg_runtime(pg_dsn, "both", CODE_V1, CODE_V2) as both,
+    ):
+        for n in range(3):
+            await new_only.signal(f"old-{n}", "approved", None)  # the lacking one hears first
+        for n in range(3):
+            assert await both.handle(f"old-{n}").result(timeout=20) == "v1-charge"
+            assert await new_only.handle(f"old-{n}").result(timeout=20) == "v1-charge"
+    assert not [key for key in RAN if key.startswith("v2")]
+    assert set(RAN.values()) == {1}
+    assert "left to another runtime: checkout v1 is not registered here" in caplog.text
+    # With no runtime that has v1 left, the last one is suspended with the reason.
+    async with pg_runtime(pg_dsn, "new-only-again", CODE_V2) as new_only:
+        await new_only.signal("old-3", "approved", None)
+        info = await until_status(new_only, "old-3", SagaStatus.SUSPENDED)
+        assert info.suspended_reason == "checkout v1 is not registered"
+    async with pg_runtime(pg_dsn, "v1-back", CODE_V1, CODE_V2) as rt:
+        await rt.resume("old-3")
+        assert await rt.handle("old-3").result(timeout=20) == "v1-charge"
