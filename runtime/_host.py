@@ -31,6 +31,7 @@ from saga.engine import (
     SagaActor,
     SagaActorDeps,
     WakeUp,
+    check_size,
     decode_payload,
 )
 from saga.store import (
@@ -89,6 +90,7 @@ class SagaHost:
         mailbox_size: int,
         keep_warm: float,
         stop_timeout: float,
+        max_payload_bytes: int | None = None,
     ) -> None:
         self._store = store
         self.shared: SharedStore | None = store if isinstance(store, SharedStore) else None
@@ -120,6 +122,7 @@ class SagaHost:
             keep_warm=keep_warm,
             start_child=self._start_child,
             compensate_child=self._compensate_child,
+            max_payload_bytes=max_payload_bytes,
             definition_of=sagas.get,
             unregistered=self._unregistered,
         )
@@ -154,6 +157,7 @@ class SagaHost:
                 f"child saga {saga.name!r} is not one of this runtime's sagas: "
                 "pass it in Runtime(sagas=[...]) too"
             )
+        check_size(data, self._deps.max_payload_bytes, "input of saga", saga.name)
         decoded = decode_payload(data, saga.input_type, "input of saga", saga.name)
         begun = self.begin(saga, child_id, data, decoded, parent)
         existing = await self._store.create(begun.stored, begun.event)

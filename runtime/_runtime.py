@@ -32,7 +32,7 @@ from saga import (
     SystemClock,
     engine,
 )
-from saga.engine import decode_payload, encode_payload
+from saga.engine import check_size, decode_payload, encode_payload
 from saga.store import InboxItem, SagaRow, SagaState, StaleStateError, Store
 
 from ._errors import (
@@ -94,6 +94,9 @@ def _check_text(value: str, what: str) -> None:
         raise ValueError(f"{what} must be at most {_MAX_TEXT} bytes of UTF-8")
 
 
+DEFAULT_MAX_PAYLOAD_BYTES = 2 * 1024 * 1024
+"""A user value's JSON limit by default: 2 MiB, as Temporal's."""
+
 DEFAULT_SUPERVISION = RestartWithBackoff(
     min_backoff=0.05, max_backoff=5.0, random_factor=0.2, max_restarts=5, within=60.0
 )
@@ -117,7 +120,9 @@ class Runtime:
     `supervision` (how crashed saga actors are restarted before they are
     suspended), `rng` (jitter source), `stop_timeout` (seconds leaving waits for
     the running steps to end once cancelled; a step that ignores its cancellation
-    longer is logged and left running, and runs again on the next start).
+    longer is logged and left running, and runs again on the next start),
+    `max_payload_bytes` (the JSON size of an input, signal payload or step
+    result, 2 MiB by default; None: no limit).
 
     Raises `StoreLockedError` on entering if another runtime has the file,
     and `SchemaVersionError` if a newer Sagaloop wrote it.
@@ -137,6 +142,7 @@ class Runtime:
         keep_warm: float = 1.0,
         rng: random.Random | None = None,
         stop_timeout: float = 10.0,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self._sagas = Registry(sagas)
         if max_recoveries < 0:
@@ -151,6 +157,13 @@ class Runtime:
             raise ValueError("keep_warm must be >= 0")
         if not stop_timeout >= 0:  # NaN too
             raise ValueError("stop_timeout must be >= 0")
+        if max_payload_bytes is not None and (
+            isinstance(max_payload_bytes, bool)
+            or not isinstance(max_payload_bytes, int)
+            or max_payload_bytes < 1
+        ):
+            raise ValueError("max_payload_bytes must be a positive int or None")
+        self._max_payload_bytes = max_payload_bytes
         self._clock = clock if clock is not None else SystemClock()
         self._rng = rng if rng is not None else random.Random()
         self._stack: AsyncExitStack | None = None
@@ -164,6 +177,7 @@ class Runtime:
             mailbox_size=mailbox_size,
             keep_warm=keep_warm,
             stop_timeout=stop_timeout,
+            max_payload_bytes=max_payload_bytes,
         )
 
     @property
@@ -277,6 +291,7 @@ class Runtime:
             raise ValueError(f"saga_id must be a non-empty string, got {saga_id!r}")
         _check_text(saga_id, "saga_id")
         data = encode_payload(input, "input of saga", definition.name, decoded_next=True)
+        check_size(data, self._max_payload_bytes, "input of saga", definition.name)
         decoded = decode_payload(data, definition.input_type, "input of saga", definition.name)
         begun = self._host.begin(definition, saga_id, data, decoded)
         existing = await self._store.create(begun.stored, begun.event)
@@ -406,6 +421,7 @@ class Runtime:
             _check_text(idempotency_key, "idempotency_key")
         what = f"payload of signal {name!r}"
         data = encode_payload(payload, what)
+        check_size(data, self._max_payload_bytes, what)
         if definition is not None and name in definition.signals:
             decode_payload(data, definition.signals[name], what)
         item = InboxItem(0, saga_id, "signal", name, data, idempotency_key, self._clock.now())

@@ -406,7 +406,15 @@ class SagaActor(Actor[SagaMessage]):
             self._nudges.in_step += 1
             try:
                 args = (self._input,)
-                return await attempt_step(call, index, ctx, args, clock.now, self._deps.rng)
+                return await attempt_step(
+                    call,
+                    index,
+                    ctx,
+                    args,
+                    clock.now,
+                    self._deps.rng,
+                    max_bytes=self._deps.max_payload_bytes,
+                )
             finally:
                 self._nudges.in_step -= 1
         if isinstance(call, PendingCall) and call.kind is CallKind.CHILD:
@@ -436,7 +444,15 @@ class SagaActor(Actor[SagaMessage]):
             )
         self._nudges.in_step += 1
         try:
-            return await attempt_step(call, index, ctx, args, clock.now, self._deps.rng)
+            return await attempt_step(
+                call,
+                index,
+                ctx,
+                args,
+                clock.now,
+                self._deps.rng,
+                max_bytes=self._deps.max_payload_bytes,
+            )
         finally:
             self._nudges.in_step -= 1
 

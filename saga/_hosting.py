@@ -53,6 +53,8 @@ class SagaActorDeps:
     """Waits shorter than this keep the actor in memory; longer ones passivate it."""
     start_child: StartChild | None = None
     compensate_child: CompensateChild | None = None
+    max_payload_bytes: int | None = None
+    """A step result over this many bytes of JSON is the step's ambiguous failure."""
     definition_of: Callable[[str, int], Saga[Any, Any] | None] | None = None
     """The definition of a saga name and version, None when not given to this runtime (no
     lookup: every snapshot runs on the actor's own definition)."""

@@ -59,6 +59,15 @@ def encode_payload(
     return data
 
 
+def check_size(data: bytes, limit: int | None, what: str, name: str | None = None) -> None:
+    """Raises `PayloadError` when `data` is over `limit` bytes (None: no limit)."""
+    if limit is not None and len(data) > limit:
+        raise PayloadError(
+            f"{_named(what, name)} is {len(data):,} bytes of JSON, "
+            f"over the limit of {limit:,} (Runtime(max_payload_bytes=...))"
+        )
+
+
 def _has_non_finite(value: object, depth: int = 0) -> bool:
     if isinstance(value, float):
         return not math.isfinite(value)

@@ -23,7 +23,7 @@ from ._context import StepContext
 from ._errorinfo import NULL, ErrorInfo, FailureKind
 from ._errors import NonRetryableError, PayloadError, StepTimeoutError
 from ._events import CompensationFailed, CompensationSucceeded, Event, StepFailed, StepSucceeded
-from ._payload import decode_payload, encode_payload
+from ._payload import check_size, decode_payload, encode_payload
 from ._policy import RetryPolicy
 from ._waits import SignalSpec, SleepSpec
 
@@ -142,8 +142,11 @@ async def attempt_step(
     args: tuple[Any, ...],
     now: Callable[[], float],
     rng: random.Random,
+    *,
+    max_bytes: int | None = None,
 ) -> Event:
-    """Run one attempt of `step`'s action on `args`; its outcome as an event."""
+    """Run one attempt of `step`'s action on `args`; its outcome as an event (a result
+    over `max_bytes` of JSON is an ambiguous failure: it ran, its result cannot be kept)."""
     action = step.action
     assert action is not None
     try:
@@ -163,6 +166,7 @@ async def attempt_step(
     try:
         typed = step.result_type is not Any
         result = encode_payload(value, "result of step", step.name, decoded_next=typed)
+        check_size(result, max_bytes, "result of step", step.name)
         if typed:
             decode_payload(result, step.result_type, "result of step", step.name)
     except PayloadError as exc:

@@ -47,7 +47,7 @@ from ._events import (
 )
 from ._hosting import FreshStart, Nudge, Nudges, SagaActorDeps, SagaMessage, WakeUp
 from ._machine import accepted_statuses, initial_state, transition
-from ._payload import decode_payload, encode_payload
+from ._payload import check_size, decode_payload, encode_payload
 from ._program import kind as kind_of
 from ._program import label
 from ._timeline import timeline
@@ -121,5 +121,6 @@ __all__ = (
     # payloads and history
     "encode_payload",
     "decode_payload",
+    "check_size",
     "timeline",
 )
