@@ -22,7 +22,16 @@ from actors import (
     Supervisor,
     SupervisorNotRunningError,
 )
-from saga import Clock, CorruptSagaError, DefinitionError, PayloadError, Saga, SagaNotFound, engine
+from saga import (
+    Clock,
+    CorruptSagaError,
+    DefinitionError,
+    PayloadError,
+    Saga,
+    SagaNotFound,
+    SagaStatus,
+    engine,
+)
 from saga.engine import (
     FreshStart,
     InvalidTransitionError,
@@ -421,7 +430,11 @@ class SagaHost:
             self.shared.release(stored.saga_id)
             return
         if not stored.state.status.is_live:
-            return  # already suspended (or ended): nothing runs
+            # Suspended already; or ended, with a parent's request to roll back that only
+            # its own version can carry out (it waits in the inbox until that is given).
+            if stored.state.status is not SagaStatus.SUSPENDED:
+                logger.error("saga %r cannot act on its inbox: %s", stored.saga_id, reason)
+            return
         logger.error("saga %r suspended: %s", stored.saga_id, reason)
         await engine.suspend(
             self._store, stand_in(stored.state), stored.saga_id, reason, self._clock.now()
