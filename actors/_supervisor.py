@@ -175,6 +175,9 @@ class Supervisor:
                 self._stop_timeout,
             )
             task.remove_done_callback(self._task_done)
+            ref = self._live.pop(task.get_name(), None)  # its name is free for a new actor
+            if ref is not None:
+                ref._cell.cancel()  # noqa: SLF001 (kernel: a ref's cell is the supervisor's)
         self._tasks.clear()
 
     async def _supervise(
@@ -206,8 +209,10 @@ class Supervisor:
                     if not cell.stop_requested:
                         cell.restarts += 1
         finally:
-            # Free the name first: whoever handles the escalation may respawn it.
-            del self._live[cell.name]
+            # Free the name first: whoever handles the escalation may respawn it (unless it
+            # was abandoned at a stop, and the name is another actor's by now).
+            if self._live.get(cell.name) is ref:
+                del self._live[cell.name]
             cell.finish()
             if on_stop is not None:
                 on_stop(fatal)

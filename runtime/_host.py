@@ -62,6 +62,9 @@ from ._timers import TimerService
 
 logger = logging.getLogger("runtime")
 
+_SUSPEND_ATTEMPTS = 5
+"""Tries at suspending a saga whose own actor keeps writing it."""
+
 _CLAIM_PAGE = 50
 """Orphans claimed per statement: small pages spread a burst among the runtimes sweeping."""
 
@@ -431,14 +434,40 @@ class SagaHost:
             return
         if not stored.state.status.is_live:
             # Suspended already; or ended, with a parent's request to roll back that only
-            # its own version can carry out (it waits in the inbox until that is given).
-            if stored.state.status is not SagaStatus.SUSPENDED:
-                logger.error("saga %r cannot act on its inbox: %s", stored.saga_id, reason)
+            # its own version can carry out (it waits in the child's inbox until then): the
+            # parent, which would wait for it, is suspended with the reason instead.
+            parent = stored.state.parent
+            if stored.state.status is SagaStatus.COMPLETED and parent is not None:
+                why = f"its child saga {stored.saga_id!r} cannot roll back: {reason}"
+                await self._suspend_quietly(parent.saga_id, why)
             return
         logger.error("saga %r suspended: %s", stored.saga_id, reason)
         await engine.suspend(
             self._store, stand_in(stored.state), stored.saga_id, reason, self._clock.now()
         )
+
+    async def _suspend_quietly(self, saga_id: str, reason: str) -> None:
+        """Suspend a live saga with `reason` unless it ended or is not this runtime's.
+
+        Its own actor may be writing it meanwhile (a parent recording that it waits
+        for its child): a stale attempt reloads and tries again, a few times."""
+        for _ in range(_SUSPEND_ATTEMPTS):
+            try:
+                stored = await self._store.load(saga_id)
+                if not stored.state.status.is_live:
+                    return
+                saga = self._sagas.get(stored.saga_name, stored.state.definition_version)
+                await engine.suspend(
+                    self._store, saga or stand_in(stored.state), saga_id, reason, self._clock.now()
+                )
+            except (StaleStateError, InvalidTransitionError):
+                await anyio.sleep(0)  # let its actor finish the write it is making
+                continue
+            except (LeaseLostError, SagaNotFound):
+                return  # another runtime owns it, or it is gone
+            logger.error("saga %r suspended: %s", saga_id, reason)
+            return
+        logger.error("saga %r could not be suspended (%s); it keeps waiting", saga_id, reason)
 
     async def _on_escalate(self, saga_id: str, error: Exception) -> None:
         reason = f"its actor kept crashing; last error: {type(error).__name__}: {error}"

@@ -320,7 +320,9 @@ class Runtime:
 
         Raises `SagaNotFound` for an unknown id, `CorruptSagaError` for an
         undecodable snapshot, `UnregisteredSagaError` if this runtime was not
-        given the saga's definition.
+        given the saga's definition. A version of it not given here is read
+        through a stand-in: statuses, errors and times as stored, a step
+        list's steps named `step-1`, `step-2`... (their names are its version's).
         """
         self._check_running()
         _check_lookup(saga_id)
@@ -395,23 +397,21 @@ class Runtime:
         noticed at once. Raises `SagaNotFound`, `SagaEndedError` if the saga
         has ended, `UnknownSignalError` if no step of the saga waits for
         `name`, `PayloadError` if `payload` does not match the step's
-        `payload_type`, `ValueError` for a name or key with a NUL character
-        or over 1,000 bytes.
+        `payload_type`, `UnregisteredSagaError` if this runtime was not given
+        the saga's version (it could not check the signal: send it through a
+        runtime that has it), `ValueError` for a name or key with a NUL
+        character or over 1,000 bytes.
         """
         _check_lookup(saga_id)
         self._check_running()
         stored = await self._store.load(saga_id)
         if stored.saga_name not in self._sagas:
             self._definition(stored.state)  # raises UnregisteredSagaError
-        # None: a version not given here, whose signals are not known; checked when it waits.
-        definition = self._sagas.get(stored.saga_name, stored.state.definition_version)
         if stored.state.status.is_terminal:
             raise SagaEndedError(saga_id, stored.state.status)
-        if (
-            definition is not None
-            and definition.signals_declared
-            and name not in definition.signals
-        ):
+        # Its signals and their payload types are its version's: refused unless known here.
+        definition = self._definition(stored.state)
+        if definition.signals_declared and name not in definition.signals:
             raise UnknownSignalError(
                 f"no step of saga {definition.name!r} waits for signal {name!r} "
                 f"(it waits for: {', '.join(sorted(definition.signals)) or 'none'})"
@@ -422,7 +422,7 @@ class Runtime:
         what = f"payload of signal {name!r}"
         data = encode_payload(payload, what)
         check_size(data, self._max_payload_bytes, what)
-        if definition is not None and name in definition.signals:
+        if name in definition.signals:
             decode_payload(data, definition.signals[name], what)
         item = InboxItem(0, saga_id, "signal", name, data, idempotency_key, self._clock.now())
         accepted = await self._store.deliver(item)
@@ -560,7 +560,9 @@ class Runtime:
                 raise SagaSuspendedError(saga_id, final.suspended_reason)
 
     async def _outcome(self, state: SagaState) -> Output:
-        definition = self._definition_or_stand_in(state)
+        # A step list's output is keyed by its steps' names, which only its version knows.
+        is_list = not (state.partial or state.is_code)
+        definition = self._definition(state) if is_list else self._definition_or_stand_in(state)
         if state.partial and state.status is not SagaStatus.COMPLETED:
             # A code saga's stored form: its failed calls are in its history.
             state = (await engine.restore(self._store, definition, state.saga_id)).state

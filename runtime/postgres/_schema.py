@@ -96,10 +96,16 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         # `name:version` of each definition a runtime has (NULL: any), so that a saga of a
         # version no live runtime has can be told from one another runtime will take.
         "ALTER TABLE runtimes ADD COLUMN sagas text[]",
-        """
+        # Only the top-level field: snapshots of version 1 leave it out, and a step's
+        # result may hold the same key (the fields before it are the tag, id and name).
+        r"""
         UPDATE sagas
-        SET version = substring(snapshot FROM '^\\{.*?"definition_version":([0-9]{1,9})[,}]')::int
-        WHERE snapshot ~ '"definition_version":[0-9]{1,9}[,}]'
+        SET version = substring(snapshot FROM
+            '^\{"type":"saga","saga_id":"(?:[^"\\]|\\.)*","saga_name":"(?:[^"\\]|\\.)*",'
+            '"definition_version":([0-9]{1,9})[,}]')::int
+        WHERE snapshot ~
+            '^\{"type":"saga","saga_id":"(?:[^"\\]|\\.)*","saga_name":"(?:[^"\\]|\\.)*",'
+            '"definition_version":[0-9]{1,9}[,}]'
         """,
     ),
 }

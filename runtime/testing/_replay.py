@@ -10,16 +10,28 @@ against the recorded calls without running any action (`saga.engine.replay`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from saga import CorruptSagaError, NonDeterminismError, PayloadError, Saga, SagaStatus, engine
-from saga.store import HistoryEntry, Store, StoredSaga
+from saga import (
+    CallKind,
+    CorruptSagaError,
+    NonDeterminismError,
+    PayloadError,
+    Saga,
+    SagaNotFound,
+    SagaStatus,
+    engine,
+)
+from saga.store import HistoryEntry, SagaState, Store, StoredSaga
 
 from .._codec import decode_event
+from .._registry import Registry
 from .._writes import stored_saga
 
 _UNFINISHED = tuple(s.value for s in SagaStatus if s.is_live or s is SagaStatus.SUSPENDED)
@@ -29,6 +41,7 @@ _SELECT_UNFINISHED = (
     "ORDER BY saga_id"
 )
 _SELECT_HISTORY = "SELECT seq, event FROM history WHERE saga_id=? ORDER BY seq"
+_SELECT_ONE = "SELECT saga_id, saga_name, input, snapshot, seq FROM sagas WHERE saga_id=?"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +61,8 @@ class ReplayProblem:
     new: str | None = None
 
     def __str__(self) -> str:
-        return f"{self.saga_id} ({self.saga_name} v{self.version}): {self.message}"
+        version = f" v{self.version}" if self.version else ""  # 0: its row could not be read
+        return f"{self.saga_id} ({self.saga_name}{version}): {self.message}"
 
 
 class ReplayReport(list[ReplayProblem]):
@@ -79,48 +93,50 @@ async def replay_check(
     `database` is a SQLite path, a `postgresql://` DSN (in `schema`) or an
     open `Store`. A saga is checked against the definition of its name
     and version; when `sagas` has its name but not its version, that is a
-    problem (the saga would be suspended). Runs no action and writes nothing.
+    problem (the saga would be suspended). So is a completed child saga of
+    an unfinished one whose version is not given (its parent may yet ask it
+    to roll back), and a row that cannot be read. Runs no action and writes
+    nothing. Raises `DefinitionError` for two definitions of one name and
+    version, `FileNotFoundError` for a path that holds no Sagaloop database.
     """
-    definitions: dict[tuple[str, int], Saga[Any, Any]] = {}
-    for saga in sagas:
-        if not isinstance(saga, Saga):
-            raise TypeError(f"sagas must be Saga definitions, got {saga!r}")
-        definitions[(saga.name, saga.version)] = saga
-    names = {name: sorted(v for n, v in definitions if n == name) for name, _ in definitions}
+    registry = Registry(sagas)
     report = ReplayReport()
-    async for stored, history in _unfinished(database, schema):
-        version = stored.state.definition_version
-        if stored.saga_name not in names:
-            report.skipped[stored.saga_name] = report.skipped.get(stored.saga_name, 0) + 1
-            continue
-        report.checked += 1
-        definition = definitions.get((stored.saga_name, version))
-        if definition is None:
-            given = ", ".join(f"v{v}" for v in names[stored.saga_name])
-            report.append(
-                ReplayProblem(
-                    stored.saga_id,
-                    stored.saga_name,
-                    version,
-                    f"{stored.saga_name} v{version} is not registered (given: {given}); "
-                    "the saga would be suspended",
-                )
-            )
-            continue
-        problem = _check_one(definition, stored, history)
-        if problem is not None:
-            report.append(problem)
+    async with _open(database, schema) as source:
+        async for saga_id, saga_name, read in source.unfinished():
+            if saga_name not in registry:
+                report.skipped[saga_name] = report.skipped.get(saga_name, 0) + 1
+                continue
+            report.checked += 1
+            if isinstance(read, CorruptSagaError):
+                report.append(ReplayProblem(saga_id, saga_name, 0, f"unreadable: {read}"))
+                continue
+            stored, history = read
+            problem, state = _check_one(registry, stored, history)
+            if problem is not None:
+                report.append(problem)
+            if state is not None:
+                report.extend(await _check_children(registry, source, stored, state))
     return report
 
 
+def _not_registered(registry: Registry, name: str, version: int) -> str:
+    given = ", ".join(f"v{v}" for v in registry.versions(name))
+    return f"{name} v{version} is not registered (given: {given})"
+
+
 def _check_one(
-    saga: Saga[Any, Any], stored: StoredSaga, history: Sequence[HistoryEntry]
-) -> ReplayProblem | None:
+    registry: Registry, stored: StoredSaga, history: Sequence[HistoryEntry]
+) -> tuple[ReplayProblem | None, SagaState | None]:
+    """The problem of one saga (if any), and its complete state when it could be folded."""
     saga_id, version = stored.saga_id, stored.state.definition_version
 
     def problem(message: str, **where: Any) -> ReplayProblem:
         return ReplayProblem(saga_id, stored.saga_name, version, message, **where)
 
+    saga = registry.get(stored.saga_name, version)
+    if saga is None:
+        reason = _not_registered(registry, stored.saga_name, version)
+        return problem(f"{reason}; the saga would be suspended"), None
     try:
         if stored.state.partial:
             upto = [entry for entry in history if entry.seq <= stored.state.seq]
@@ -130,25 +146,55 @@ def _check_one(
             state = stored.state
         diverged = engine.replay(saga, saga_id, stored.input, state)
     except NonDeterminismError as exc:  # raised before the body ran (a bad recorded call)
-        diverged = exc
+        return problem(str(exc), position=exc.position, recorded=exc.recorded, new=exc.new), None
     except CorruptSagaError as exc:
-        return problem(f"its history does not fit the definition: {exc.detail}")
+        return problem(f"its history does not fit the definition: {exc.detail}"), None
     except PayloadError as exc:
-        return problem(f"its input does not fit the definition: {exc}")
+        return problem(f"its input does not fit the definition: {exc}"), None
     if diverged is None:
-        return None
-    return problem(
-        str(diverged), position=diverged.position, recorded=diverged.recorded, new=diverged.new
-    )
+        return None, state
+    where = {"position": diverged.position, "recorded": diverged.recorded, "new": diverged.new}
+    return problem(str(diverged), **where), state
 
 
-async def _unfinished(
-    database: str | os.PathLike[str] | Store, schema: str
-) -> AsyncIterator[tuple[StoredSaga, Sequence[HistoryEntry]]]:
-    """(stored saga, history) of each unfinished or suspended saga, in id order."""
+async def _check_children(
+    registry: Registry, source: _Reader, parent: StoredSaga, state: SagaState
+) -> list[ReplayProblem]:
+    """Completed children of `parent` that could not roll back if it asked them to."""
+    problems = []
+    for step in state.steps:
+        call = step.call
+        if call is None or call.kind is not CallKind.CHILD or call.target is None:
+            continue
+        child = await source.load(call.target)
+        if child is None or child.state.status is not SagaStatus.COMPLETED:
+            continue  # missing, unreadable, still running (checked itself) or undone already
+        name, version = child.saga_name, child.state.definition_version
+        if registry.get(name, version) is None:
+            reason = _not_registered(registry, name, version)
+            problems.append(
+                ReplayProblem(
+                    parent.saga_id,
+                    parent.saga_name,
+                    parent.state.definition_version,
+                    f"its completed child {child.saga_id!r} could not roll back: {reason}",
+                )
+            )
+    return problems
+
+
+_Read = tuple[StoredSaga, Sequence[HistoryEntry]] | CorruptSagaError
+
+
+class _Reader(Protocol):
+    def unfinished(self) -> AsyncIterator[tuple[str, str, _Read]]: ...
+    async def load(self, saga_id: str) -> StoredSaga | None: ...
+
+
+@contextlib.asynccontextmanager
+async def _open(database: str | os.PathLike[str] | Store, schema: str) -> AsyncIterator[_Reader]:
     if not isinstance(database, str | os.PathLike):
-        async for pair in _from_store(database):
-            yield pair
+        yield _StoreReader(database)
         return
     text = os.fspath(database)
     source: _Source
@@ -159,42 +205,86 @@ async def _unfinished(
     else:
         source = _SqliteSource(Path(text))
     try:
-        rows = await source.fetch(_SELECT_UNFINISHED, _UNFINISHED)
-        for saga_id, saga_name, input_text, snapshot, seq in rows:
-            history = [
-                HistoryEntry(int(number), decode_event(saga_id, event))
-                for number, event in await source.fetch(_SELECT_HISTORY, (saga_id,))
-            ]
-            yield stored_saga(saga_id, saga_name, input_text, snapshot, seq), history
+        yield _RowReader(source)
     finally:
         await source.close()
 
 
-async def _from_store(store: Store) -> AsyncIterator[tuple[StoredSaga, Sequence[HistoryEntry]]]:
-    rows = [(s.saga_id, s.saga_name) for s in await store.unfinished()]
-    after: str | None = None
-    while True:
-        page = await store.list_sagas(status=SagaStatus.SUSPENDED.value, after=after, limit=500)
-        rows.extend((row.saga_id, row.saga_name) for row in page)
-        if len(page) < 500:
-            break
-        after = page[-1].saga_id
-    for saga_id, _ in sorted(rows):
-        yield await store.load(saga_id), await store.history(saga_id)
+class _RowReader:
+    """Unfinished sagas straight from the rows (read-only SQL)."""
+
+    def __init__(self, source: _Source) -> None:
+        self._source = source
+
+    async def unfinished(self) -> AsyncIterator[tuple[str, str, _Read]]:
+        for saga_id, saga_name, input_text, snapshot, seq in await self._source.fetch(
+            _SELECT_UNFINISHED, _UNFINISHED
+        ):
+            try:
+                stored = stored_saga(saga_id, saga_name, input_text, snapshot, seq)
+                history = [
+                    HistoryEntry(int(number), decode_event(saga_id, event))
+                    for number, event in await self._source.fetch(_SELECT_HISTORY, (saga_id,))
+                ]
+            except CorruptSagaError as exc:
+                yield str(saga_id), str(saga_name), exc
+                continue
+            yield stored.saga_id, stored.saga_name, (stored, history)
+
+    async def load(self, saga_id: str) -> StoredSaga | None:
+        rows = await self._source.fetch(_SELECT_ONE, (saga_id,))
+        if not rows:
+            return None
+        try:
+            return stored_saga(*rows[0])
+        except CorruptSagaError:
+            return None
+
+
+class _StoreReader:
+    """Unfinished sagas through an open `Store`'s own reads."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def unfinished(self) -> AsyncIterator[tuple[str, str, _Read]]:
+        store = self._store
+        rows = [(s.saga_id, s.saga_name) for s in await store.unfinished()]
+        after: str | None = None
+        while True:
+            page = await store.list_sagas(status=SagaStatus.SUSPENDED.value, after=after, limit=500)
+            rows.extend((row.saga_id, row.saga_name) for row in page)
+            if len(page) < 500:
+                break
+            after = page[-1].saga_id
+        for saga_id, saga_name in sorted(rows):
+            try:
+                read: _Read = (await store.load(saga_id), await store.history(saga_id))
+            except CorruptSagaError as exc:
+                read = exc
+            yield saga_id, saga_name, read
+
+    async def load(self, saga_id: str) -> StoredSaga | None:
+        try:
+            return await self._store.load(saga_id)
+        except (SagaNotFound, CorruptSagaError):
+            return None
 
 
 class _SqliteSource:
     """The database file opened read-only on exactly its path (never created, never locked)."""
 
     def __init__(self, path: Path) -> None:
-        import sqlite3
-
         if not path.is_file():
             raise FileNotFoundError(f"no Sagaloop database at {path}")
+        self._path = path
         self._conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
 
     async def fetch(self, sql: str, params: Sequence[object]) -> list[tuple[Any, ...]]:
-        return self._conn.execute(sql, params).fetchall()
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as exc:  # empty, not SQLite, another application's
+            raise FileNotFoundError(f"no Sagaloop database at {self._path}: {exc}") from None
 
     async def close(self) -> None:
         self._conn.close()

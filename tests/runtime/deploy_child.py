@@ -5,12 +5,13 @@
 `v1` spawns `old-000..` on version 1 only (half stop waiting for an approval,
 half back off after a transient failure of their second step) and prints
 READY once every spawn is durable, then waits to be killed. `v2` opens the
-database with v2 alone (a deploy that forgot v1): it approves the waiting
-sagas (keyed signals: a second delivery is dropped), waits until every
-unfinished v1 saga is suspended for want of its version and prints DONE.
-`both` registers v1 and v2: it resumes the sagas suspended for that reason,
-approves again (dropped if delivered before), spawns `new-000..` by name
-(so on v2), prints READY, waits for every saga and prints DONE. Each step
+database with v2 alone (a deploy that forgot v1): it waits until no v1 saga
+is running (each one woken, by its retry's timer or because it was running,
+is suspended for want of its version; one waiting for its approval sleeps
+on), prints their statuses and DONE. `both` registers v1 and v2: it resumes
+the sagas suspended for that reason, approves the waiting ones (keyed
+signals: a second delivery after a crash is dropped), spawns `new-000..` by
+name (so on v2), prints READY, waits for every saga and prints DONE. Each step
 writes its version and name to the ledger, keyed by its idempotency key.
 """
 
@@ -82,10 +83,9 @@ async def main(db: str, ledger_path: str, phase: str, count: int) -> None:
             await anyio.sleep_forever()
     if phase == "v2":
         async with Runtime(db, sagas=[v2]) as rt:
-            await approve(rt, old)
-            while True:  # until none is live (a stored state no event announces: polled)
+            while True:  # until none runs (a stored state no event announces: polled)
                 infos = [await rt.status(saga_id) for saga_id in old]
-                if not any(info.status.is_live for info in infos):
+                if not any(info.status is SagaStatus.RUNNING for info in infos):
                     break
                 await anyio.sleep(0.05)
             for info in infos:

@@ -1,7 +1,7 @@
 """A deploy of v2 beside running v1 sagas, with SIGKILLs: v1 era killed mid-flight, a
-deploy that forgot v1 (its sagas are suspended, nothing runs), then v1 and v2 together,
-killed once more: every v1 saga ends on v1, every new one on v2, no step under two
-versions, and the suspended ones lost nothing (their early approvals included)."""
+deploy that forgot v1 (the v1 sagas it wakes are suspended, nothing runs on v2), then v1
+and v2 together, killed once more: every v1 saga ends on v1, every new one on v2, no step
+under two versions, and the suspended ones lost nothing."""
 
 from __future__ import annotations
 
@@ -43,10 +43,11 @@ async def test_a_deploy_with_sigkills_ends_every_saga_on_its_version(tmp_path: P
     statuses = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in forgot_v1 if " " in line}
     assert set(statuses) == {f"old-{n:03d}" for n in range(COUNT)}
     for saga_id, status in statuses.items():
-        # Each v1 saga not finished by the v1 era was suspended: none ran on v2.
-        assert status in ("completed None", "suspended checkout v1 is not registered"), saga_id
-    waiting = [f"old-{n:03d}" for n in range(0, COUNT, 2)]  # they could not end unapproved
-    assert all(statuses[saga_id].startswith("suspended") for saga_id in waiting)
+        # A v1 saga the v2-only runtime woke was suspended, never run on v2.
+        allowed = ("completed None", "waiting None", "suspended checkout v1 is not registered")
+        assert status in allowed, (saga_id, status)
+    flaky = [f"old-{n:03d}" for n in range(1, COUNT, 2)]  # their retry timers woke them
+    assert all(statuses[saga_id] != "waiting None" for saga_id in flaky)
     await phase("both", kill_after=READY)
     outcomes = dict(
         line.split(" ", 1) for line in await phase("both", kill_after=None) if " " in line

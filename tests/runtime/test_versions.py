@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from runtime import Runtime, SagaSuspendedError, UnregisteredSagaError
+from runtime import Runtime, SagaCompensated, SagaSuspendedError, UnregisteredSagaError
 from saga import (
     DefinitionError,
     Saga,
@@ -131,7 +131,9 @@ async def test_a_version_no_longer_given_suspends_its_sagas_until_it_is(tmp_path
     await deploy_v1(db)
     async with Runtime(db, sagas=[CODE_V2, LIST_V2]) as rt:
         for saga_id, name in (("c0", "checkout"), ("r0", "refund")):
-            await rt.signal(saga_id, "approved", None)  # wakes it: its actor looks
+            with pytest.raises(UnregisteredSagaError, match=f"{name} v1 is not registered"):
+                await rt.signal(saga_id, "approved", None)  # it could not check it
+            await rt.cancel(saga_id, "customer")  # wakes it: its actor looks
             info = await until_status(rt, saga_id, SagaStatus.SUSPENDED)
             assert info.suspended_reason == f"{name} v1 is not registered"
             assert info.version == 1
@@ -147,10 +149,13 @@ async def test_a_version_no_longer_given_suspends_its_sagas_until_it_is(tmp_path
     async with Runtime(db, sagas=[CODE_V1, CODE_V2, LIST_V1, LIST_V2]) as rt:
         for saga_id in ("c0", "r0"):
             await rt.resume(saga_id)
-        assert await rt.handle("c0").result(timeout=10) == "v1-charge"
-        assert (await rt.handle("r0").result(timeout=10))["pay"] == "v1-pay"
+            # The cancellation that woke it was kept through the suspension, applied on v1.
+            with pytest.raises(SagaCompensated, match="customer"):
+                await rt.handle(saga_id).result(timeout=10)
+        await rt.signal("c1", "approved", None)
+        assert await rt.handle("c1").result(timeout=10) == "v1-charge"
     assert set(RAN.values()) == {1}
-    assert {key for key in RAN if key not in ran_before} == {"v1-charge:c0", "v1-pay:r0"}
+    assert {key for key in RAN if key not in ran_before} == {"v1-charge:c1"}
 
 
 async def test_a_running_saga_of_a_missing_version_is_suspended_at_start(tmp_path: Path) -> None:
@@ -242,19 +247,25 @@ async def test_on_postgresql_a_runtime_leaves_a_version_it_lacks_to_one_that_has
         pg_runtime(pg_dsn, "new-only", CODE_V2) as new_only,
         pg_runtime(pg_dsn, "both", CODE_V1, CODE_V2) as both,
     ):
-        for n in range(3):
-            await new_only.signal(f"old-{n}", "approved", None)  # the lacking one hears first
-        for n in range(3):
+        with pytest.raises(UnregisteredSagaError, match="checkout v1 is not registered"):
+            await new_only.signal("old-0", "approved", None)  # it could not check it
+        await new_only.cancel("old-2", "customer")  # the lacking one hears first
+        for n in range(2):
+            await both.signal(f"old-{n}", "approved", None)
+        for n in range(2):
             assert await both.handle(f"old-{n}").result(timeout=20) == "v1-charge"
             assert await new_only.handle(f"old-{n}").result(timeout=20) == "v1-charge"
+        with pytest.raises(SagaCompensated):
+            await both.handle("old-2").result(timeout=20)
     assert not [key for key in RAN if key.startswith("v2")]
     assert set(RAN.values()) == {1}
     assert "left to another runtime: checkout v1 is not registered here" in caplog.text
     # With no runtime that has v1 left, the last one is suspended with the reason.
     async with pg_runtime(pg_dsn, "new-only-again", CODE_V2) as new_only:
-        await new_only.signal("old-3", "approved", None)
+        await new_only.cancel("old-3", "customer")
         info = await until_status(new_only, "old-3", SagaStatus.SUSPENDED)
         assert info.suspended_reason == "checkout v1 is not registered"
     async with pg_runtime(pg_dsn, "v1-back", CODE_V1, CODE_V2) as rt:
         await rt.resume("old-3")
-        assert await rt.handle("old-3").result(timeout=20) == "v1-charge"
+        with pytest.raises(SagaCompensated, match="customer"):  # its cancellation kept
+            await rt.handle("old-3").result(timeout=20)
