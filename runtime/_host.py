@@ -13,6 +13,7 @@ import random
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup
 
 from actors import (
@@ -461,7 +462,7 @@ class SagaHost:
                     self._store, saga or stand_in(stored.state), saga_id, reason, self._clock.now()
                 )
             except (StaleStateError, InvalidTransitionError):
-                await anyio.sleep(0)  # let its actor finish the write it is making
+                await anyio.lowlevel.checkpoint()  # let its actor finish the write it is making
                 continue
             except (LeaseLostError, SagaNotFound):
                 return  # another runtime owns it, or it is gone
