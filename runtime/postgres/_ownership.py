@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import time
 from collections.abc import Callable, Sequence
 
 import asyncpg
@@ -59,7 +61,7 @@ WITH candidates AS (
            -- a version this runtime has ($5 NULL: any), or one no live runtime has
            -- (claimed to be suspended with the reason)
            $5::text[] IS NULL OR (s.saga_name || ':' || s.version) = ANY($5)
-           OR NOT EXISTS (
+           OR $6::bool AND NOT EXISTS (
                SELECT 1 FROM runtimes r WHERE r.lease_until > clock_timestamp()
                  AND (r.sagas IS NULL OR (s.saga_name || ':' || s.version) = ANY(r.sagas))))))
     LIMIT $3
@@ -109,6 +111,7 @@ class Ownership:
     name: str
     saga_names: frozenset[str] | None
     saga_versions: frozenset[tuple[str, int]] | None
+    _joined_at: float = math.inf
     lease_lapses: int
     _runtime_id: str
     _pool: asyncpg.Pool | None
@@ -126,6 +129,7 @@ class Ownership:
         """Enter this runtime's row and lease; forget runtimes long dead (their sagas count
         as orphans either way)."""
         await conn.execute(_JOIN, self._runtime_id, self.name, self.lease, self._version_keys())
+        self._joined_at = time.monotonic()
         await conn.execute(
             "DELETE FROM runtimes WHERE lease_until < clock_timestamp() - interval '1 hour'"
         )
@@ -277,7 +281,10 @@ class Ownership:
     async def claim_orphans(self, now: float, limit: int) -> Sequence[UnfinishedSaga]:
         names = None if self.saga_names is None else sorted(self.saga_names)
         keys = self._version_keys()
-        rows = await self._fetch(_CLAIM_ORPHANS, self._runtime_id, now, limit, names, keys)
+        # Runtimes opened together see each other's rows within a lease: only then is a
+        # version nobody has told from one whose runtime is still starting.
+        settled = time.monotonic() - self._joined_at >= self.lease
+        rows = await self._fetch(_CLAIM_ORPHANS, self._runtime_id, now, limit, names, keys, settled)
         for row in rows:
             self._epochs[row["saga_id"]] = row["epoch"]
         return [UnfinishedSaga(row["saga_id"], row["saga_name"]) for row in rows]

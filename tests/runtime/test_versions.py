@@ -3,6 +3,7 @@ across restarts; a version no runtime has suspends its instances until it is giv
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from runtime import Runtime, SagaCompensated, SagaSuspendedError, UnregisteredSagaError
 from saga import (
     DefinitionError,
+    RetryPolicy,
     Saga,
     SagaContext,
     SagaStatus,
@@ -24,7 +26,7 @@ from saga import (
 )
 from saga.engine import Suspended
 from tests.child_process import REPO
-from tests.runtime.long_running_helpers import until_status
+from tests.runtime.long_running_helpers import until, until_status
 
 RAN: Counter[str] = Counter()
 """Which version's steps ran, by `version:step`."""
@@ -243,23 +245,39 @@ async def test_on_postgresql_a_runtime_leaves_a_version_it_lacks_to_one_that_has
             await rt.spawn(CODE_V1, n, saga_id=f"old-{n}")
         for n in range(4):
             await until_status(rt, f"old-{n}", SagaStatus.WAITING)
+    from runtime.postgres import PostgresStore
+
+    caplog.set_level(logging.WARNING, logger="runtime")
+    # A live runtime that claims nothing but counts as having every version (a store
+    # opened alone advertises no list): the lacking runtime must leave old-2 to it.
+    async with (
+        PostgresStore(pg_dsn, name="has-every-version", lease=2.0) as _,
+        pg_runtime(pg_dsn, "new-only", CODE_V2) as new_only,
+    ):
+        with pytest.raises(UnregisteredSagaError, match="checkout v1 is not registered"):
+            await new_only.signal("old-0", "approved", None)  # it could not check it
+        await new_only.cancel("old-2", "customer")
+
+        async def left() -> bool:
+            return "'old-2' left to another runtime: checkout v1 is not registered here" in (
+                caplog.text
+            )
+
+        await until(left, what="old-2 left to another runtime")
+        assert (await new_only.status("old-2")).status is SagaStatus.WAITING  # not suspended
     async with (
         pg_runtime(pg_dsn, "new-only", CODE_V2) as new_only,
         pg_runtime(pg_dsn, "both", CODE_V1, CODE_V2) as both,
     ):
-        with pytest.raises(UnregisteredSagaError, match="checkout v1 is not registered"):
-            await new_only.signal("old-0", "approved", None)  # it could not check it
-        await new_only.cancel("old-2", "customer")  # the lacking one hears first
         for n in range(2):
             await both.signal(f"old-{n}", "approved", None)
         for n in range(2):
             assert await both.handle(f"old-{n}").result(timeout=20) == "v1-charge"
             assert await new_only.handle(f"old-{n}").result(timeout=20) == "v1-charge"
-        with pytest.raises(SagaCompensated):
+        with pytest.raises(SagaCompensated, match="customer"):
             await both.handle("old-2").result(timeout=20)
     assert not [key for key in RAN if key.startswith("v2")]
     assert set(RAN.values()) == {1}
-    assert "left to another runtime: checkout v1 is not registered here" in caplog.text
     # With no runtime that has v1 left, the last one is suspended with the reason.
     async with pg_runtime(pg_dsn, "new-only-again", CODE_V2) as new_only:
         await new_only.cancel("old-3", "customer")
@@ -269,3 +287,31 @@ async def test_on_postgresql_a_runtime_leaves_a_version_it_lacks_to_one_that_has
         await rt.resume("old-3")
         with pytest.raises(SagaCompensated, match="customer"):  # its cancellation kept
             await rt.handle("old-3").result(timeout=20)
+
+
+async def test_on_postgresql_a_due_saga_of_a_version_nobody_has_is_suspended_by_the_sweep(
+    pg_dsn: str,
+) -> None:
+    """Nothing wakes it but its retry timer, so no runtime activates it by itself: the
+    sweep of a runtime that has its name claims it once it has seen every live runtime
+    (a lease after it opened), and suspends it with the reason."""
+    from runtime.postgres import PostgresStore
+
+    async def flaky(ctx: StepContext, n: int) -> str:
+        raise ConnectionError("down")
+
+    backing_off = Saga("retry", [Step("call", flaky, retry=RetryPolicy(initial_interval=0.2))])
+    newer = Saga("retry", [Step("call", step("v2-call"))], version=2)
+    async with pg_runtime(pg_dsn, "v1", backing_off) as rt:
+        await rt.spawn(backing_off, 1, saga_id="r")
+        await until_status(rt, "r", SagaStatus.RUNNING)
+        await until(lambda: _attempts_at_least(rt, "r", 2), what="a retry")
+    store = PostgresStore(pg_dsn, name="v2-only", lease=0.5, poll_interval=0.05)
+    async with Runtime(store, sagas=[newer]) as rt:
+        info = await until_status(rt, "r", SagaStatus.SUSPENDED)
+        assert info.suspended_reason == "retry v1 is not registered"
+    assert not RAN  # v2's step never ran
+
+
+async def _attempts_at_least(rt: Runtime, saga_id: str, attempts: int) -> bool:
+    return (await rt.status(saga_id)).steps[0].attempts >= attempts
