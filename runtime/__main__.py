@@ -261,6 +261,25 @@ def runtimes(database: str, *, schema: str) -> int:
     return 0
 
 
+def check_replay(database: str, specs: Sequence[str], *, schema: str) -> int:
+    """Print one line per saga that would not replay; 1 if there is any, else 0."""
+    from ._check_replay import check_replay as run
+
+    report = run(database, specs, schema=schema)
+    for problem in report:
+        print(printable(str(problem)))
+    skipped = "".join(
+        f"; {count} {printable(name)} saga{'s' * (count != 1)} skipped (no definition given)"
+        for name, count in sorted(report.skipped.items())
+    )
+    print(
+        f"{report.checked} unfinished saga{'s' * (report.checked != 1)} checked, "
+        f"{len(report)} would not replay{skipped}",
+        file=sys.stderr,
+    )
+    return 1 if report else 0
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -325,8 +344,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "runtimes":
         return runtimes(args.database, schema=args.schema)
     if args.command == "check-replay":
-        from ._check_replay import check_replay
-
         return check_replay(args.database, args.sagas, schema=args.schema)
     return show(args.database, args.saga_id, schema=args.schema)
 

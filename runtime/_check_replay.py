@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import importlib
-import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from saga import Saga
+
+if TYPE_CHECKING:
+    from .testing._replay import ReplayReport
 
 
 def load_sagas(specs: Sequence[str]) -> list[Saga[Any, Any]]:
@@ -36,26 +38,12 @@ def load_sagas(specs: Sequence[str]) -> list[Saga[Any, Any]]:
     return found
 
 
-def check_replay(database: str, specs: Sequence[str], *, schema: str) -> int:
-    """Print one line per saga that would not replay; 1 if there is any, else 0."""
+def check_replay(database: str, specs: Sequence[str], *, schema: str) -> ReplayReport:
+    """The replay check of the definitions named by `specs` against `database`."""
     from .testing._replay import replay_check
 
     sagas = load_sagas(specs)
     try:
-        report = anyio.run(lambda: replay_check(database, sagas=sagas, schema=schema))
+        return anyio.run(lambda: replay_check(database, sagas=sagas, schema=schema))
     except FileNotFoundError as exc:
         raise SystemExit(str(exc)) from None
-    from .__main__ import printable
-
-    for problem in report:
-        print(printable(str(problem)))
-    skipped = "".join(
-        f"; {count} {printable(name)} saga{'s' * (count != 1)} skipped (no definition given)"
-        for name, count in sorted(report.skipped.items())
-    )
-    print(
-        f"{report.checked} unfinished saga{'s' * (report.checked != 1)} checked, "
-        f"{len(report)} would not replay{skipped}",
-        file=sys.stderr,
-    )
-    return 1 if report else 0

@@ -442,10 +442,7 @@ class SagaHost:
                 why = f"its child saga {stored.saga_id!r} cannot roll back: {reason}"
                 await self._suspend_quietly(parent.saga_id, why)
             return
-        logger.error("saga %r suspended: %s", stored.saga_id, reason)
-        await engine.suspend(
-            self._store, stand_in(stored.state), stored.saga_id, reason, self._clock.now()
-        )
+        await self._suspend_quietly(stored.saga_id, reason)
 
     async def _suspend_quietly(self, saga_id: str, reason: str) -> None:
         """Suspend a live saga with `reason` unless it ended or is not this runtime's.

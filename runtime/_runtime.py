@@ -23,7 +23,6 @@ from actors import RestartWithBackoff
 from saga import (
     Clock,
     CompensationStatus,
-    CorruptSagaError,
     Saga,
     SagaEndedError,
     SagaNotFound,
@@ -329,17 +328,10 @@ class Runtime:
         stored = await self._store.load(saga_id)
         history = await self._store.history(saga_id)
         definition = self._definition_or_stand_in(stored.state)
-        state = stored.state
-        if state.partial:  # a code saga: its calls come back from its history
+        if stored.state.partial:  # a code saga: its calls come back from its history
             # It may have moved on between the two reads: the history up to the snapshot.
-            history = [entry for entry in history if entry.seq <= state.seq]
-            state = engine.fold(definition, saga_id, history)
-            if state.seq != stored.state.seq or state.stored() != stored.state:
-                raise CorruptSagaError(
-                    saga_id,
-                    f"its history leads to #{state.seq}, its snapshot is #{stored.state.seq}",
-                )
-        return saga_info(definition, state, history)
+            history = [entry for entry in history if entry.seq <= stored.state.seq]
+        return saga_info(definition, engine.complete(definition, stored, history), history)
 
     async def resume(self, saga_id: str) -> None:
         """Resume a suspended saga where it stopped (an operator's call).
@@ -405,9 +397,7 @@ class Runtime:
         _check_lookup(saga_id)
         self._check_running()
         stored = await self._store.load(saga_id)
-        if stored.saga_name not in self._sagas:
-            self._definition(stored.state)  # raises UnregisteredSagaError
-        if stored.state.status.is_terminal:
+        if stored.state.status.is_terminal and stored.saga_name in self._sagas:
             raise SagaEndedError(saga_id, stored.state.status)
         # Its signals and their payload types are its version's: refused unless known here.
         definition = self._definition(stored.state)

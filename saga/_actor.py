@@ -401,25 +401,13 @@ class SagaActor(Actor[SagaMessage]):
         call = self._saga.steps[index] if self._run is None else self._run.live(index)
         ctx = self._context(index, attempt, call, compensating=False)
         clock = self._deps.clock
+        args: tuple[Any, ...]
         if isinstance(call, Step) and call.wait is None:
-            # A step list's plain step, the usual case: the action gets the saga input.
-            self._nudges.in_step += 1
-            try:
-                args = (self._input,)
-                return await attempt_step(
-                    call,
-                    index,
-                    ctx,
-                    args,
-                    clock.now,
-                    self._deps.rng,
-                    max_bytes=self._deps.max_payload_bytes,
-                )
-            finally:
-                self._nudges.in_step -= 1
-        if isinstance(call, PendingCall) and call.kind is CallKind.CHILD:
+            args = (self._input,)  # a step list's plain step, the usual case
+        elif isinstance(call, PendingCall) and call.kind is CallKind.CHILD:
             return await self._start_child(index, attempt, call)
-        if isinstance(call, Step) and call.wait is not None:
+        elif isinstance(call, Step):  # a waiting step
+            assert call.wait is not None
             try:
                 until = wait_deadline(call.wait, ctx, self._input, clock.now())
             except Exception as exc:
@@ -432,16 +420,17 @@ class SagaActor(Actor[SagaMessage]):
                     jitter=self._deps.rng.random(),
                 )
             return StepWaiting(at=clock.now(), step=index, attempt=attempt, until=until)
-        try:
-            args = self._args(index, call)
-        except SagaError as exc:  # recorded arguments that no longer decode: for good
-            return StepFailed(
-                at=clock.now(),
-                step=index,
-                attempt=attempt,
-                error=error_info(exc),
-                kind=FailureKind.DEFINITIVE,
-            )
+        else:
+            try:
+                args = self._args(index, call)
+            except SagaError as exc:  # recorded arguments that no longer decode: for good
+                return StepFailed(
+                    at=clock.now(),
+                    step=index,
+                    attempt=attempt,
+                    error=error_info(exc),
+                    kind=FailureKind.DEFINITIVE,
+                )
         self._nudges.in_step += 1
         try:
             return await attempt_step(

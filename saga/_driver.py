@@ -200,17 +200,27 @@ async def restore_on_its_version(
 
 
 async def _complete(store: Store, saga: Saga[Any, Any], stored: StoredSaga) -> StoredSaga:
-    saga_id = stored.saga_id
+    history = await store.history(stored.saga_id) if stored.state.partial else ()
+    state = complete(saga, stored, history)
+    return stored if state is stored.state else replace(stored, state=state)
+
+
+def complete(
+    saga: Saga[Any, Any], stored: StoredSaga, history: Sequence[HistoryEntry]
+) -> SagaState:
+    """`stored`'s state, complete: a code saga's partial snapshot folded from `history` up to
+    it (which must lead to exactly that snapshot), a full one checked against `saga`.
+    Raises `CorruptSagaError`."""
     if not stored.state.partial:
         check_fits(saga, stored.state)
-        return stored
-    history = await store.history(saga_id)
-    state = fold(saga, saga_id, [entry for entry in history if entry.seq <= stored.state.seq])
+        return stored.state
+    upto = [entry for entry in history if entry.seq <= stored.state.seq]
+    state = fold(saga, stored.saga_id, upto)
     if state.seq != stored.state.seq or state.stored() != stored.state:
         raise CorruptSagaError(
-            saga_id, f"its history leads to snapshot #{state.seq}, not the stored one"
+            stored.saga_id, f"its history leads to snapshot #{state.seq}, not the stored one"
         )
-    return replace(stored, state=state)
+    return state
 
 
 async def resume(store: Store, saga: Saga[Any, Any], stored: StoredSaga, at: float) -> FreshStart:

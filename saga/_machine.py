@@ -296,13 +296,13 @@ def continue_with(saga: Saga, state: SagaState, event: Event, reaction: Reaction
     """Go on from `state`, where `transition` stopped for the body (`Advance`), with its
     `reaction`: the same as `transition` of the state before `event` by `event` carrying
     every reaction so far, without applying the event's outcome again."""
-    return _react(saga, state, event, Reactions(None, only=reaction))
+    return _react(saga, state, event, Reactions((reaction,)))
 
 
 def _react(saga: Saga, state: SagaState, event: Event, reactions: Reactions | None) -> Transition:
     """A code saga's group is final (or it just started): apply the body's next reaction."""
     if reactions is None:
-        reactions = Reactions(event)
+        reactions = Reactions(getattr(event, "then", ()))
     reaction = reactions.next()
     if reaction is None:
         return Transition(state, ADVANCE)

@@ -6,7 +6,7 @@ and `_interruptions`; this module holds only what they all build on.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import NamedTuple
 
 from msgspec.structs import replace
@@ -77,9 +77,8 @@ class Reactions:
 
     __slots__ = ("_left",)
 
-    def __init__(self, event: Event | None, *, only: Reaction | None = None) -> None:
-        left = (only,) if only is not None else getattr(event, "then", ())
-        self._left: Iterator[Reaction] = iter(left)
+    def __init__(self, reactions: Iterable[Reaction]) -> None:
+        self._left: Iterator[Reaction] = iter(reactions)
 
     def next(self) -> Reaction | None:
         return next(self._left, None)

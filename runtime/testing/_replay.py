@@ -31,7 +31,7 @@ from saga import (
 from saga.store import HistoryEntry, SagaState, Store, StoredSaga
 
 from .._codec import decode_event
-from .._registry import Registry
+from .._registry import Registry, not_registered
 from .._writes import stored_saga
 
 _UNFINISHED = tuple(s.value for s in SagaStatus if s.is_live or s is SagaStatus.SUSPENDED)
@@ -121,7 +121,7 @@ async def replay_check(
 
 def _not_registered(registry: Registry, name: str, version: int) -> str:
     given = ", ".join(f"v{v}" for v in registry.versions(name))
-    return f"{name} v{version} is not registered (given: {given})"
+    return f"{not_registered(name, version)} (given: {given})"
 
 
 def _check_one(
@@ -138,12 +138,7 @@ def _check_one(
         reason = _not_registered(registry, stored.saga_name, version)
         return problem(f"{reason}; the saga would be suspended"), None
     try:
-        if stored.state.partial:
-            upto = [entry for entry in history if entry.seq <= stored.state.seq]
-            state = engine.fold(saga, saga_id, upto)
-        else:
-            engine.check_fits(saga, stored.state)
-            state = stored.state
+        state = engine.complete(saga, stored, history)
         diverged = engine.replay(saga, saga_id, stored.input, state)
     except NonDeterminismError as exc:  # raised before the body ran (a bad recorded call)
         return problem(str(exc), position=exc.position, recorded=exc.recorded, new=exc.new), None
