@@ -8,7 +8,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,dev,postgres]'
 	touch $@
 
-.PHONY: demo test check lint typecheck bench bench-loop bench-waiting bench-growth bench-scale-out bench-replay clean
+.PHONY: demo test check lint typecheck bench bench-loop bench-waiting bench-growth bench-scale-out bench-replay bench-retention bench-retention-size bench-codec clean
 demo: $(BIN)/.installed
 	$(BIN)/python -m demo
 
@@ -37,6 +37,15 @@ bench-waiting: $(BIN)/.installed
 
 bench-replay: $(BIN)/.installed
 	$(BIN)/python -m bench.replay
+
+bench-retention: $(BIN)/.installed
+	$(BIN)/python -m bench.retention latency
+
+bench-retention-size: $(BIN)/.installed
+	$(BIN)/python -m bench.retention size
+
+bench-codec: $(BIN)/.installed
+	$(BIN)/python -m bench.codec
 
 bench-growth: $(BIN)/.installed
 	$(BIN)/python -m bench.growth

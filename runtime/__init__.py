@@ -23,12 +23,14 @@ from saga.store import LeaseLostError, StaleStateError
 
 from ._delegate import DelegatingStore
 from ._errors import (
+    CodecError,
     CommitOutcomeUnknownError,
     DuplicateSagaError,
     RuntimeNotRunningError,
     SagaCompensated,
     SagaFailed,
     SagaNotSuspendedError,
+    SagaPrunedError,
     SagaSuspendedError,
     SchemaVersionError,
     StoreClosedError,
@@ -91,6 +93,8 @@ __all__ = (
     "CommitOutcomeUnknownError",
     "CorruptSagaError",
     "DuplicateSagaError",
+    "SagaPrunedError",
+    "CodecError",
     "LeaseLostError",
     "PayloadError",
     "RuntimeNotRunningError",

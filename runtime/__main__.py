@@ -4,15 +4,18 @@
     python -m runtime show orders.db order-42
     python -m runtime runtimes postgresql://host/db     # runtimes, leases, sagas owned
     python -m runtime check-replay orders.db --sagas shop.sagas:checkout  # before a deploy
+    python -m runtime prune orders.db --older-than 30d [--dry-run] [--status failed]
 
 DATABASE is a SQLite path or a postgresql:// DSN (`--schema`, default
 sagaloop). A SQLite file is opened read-only on exactly the path given: it is
 never created nor written (SQLite may leave the -wal and -shm files a WAL
 reader needs beside it); PostgreSQL is read in read-only transactions. It
 reads while runtimes use the database (WAL readers never block the writer;
-PostgreSQL's readers neither). What the database holds is printed escaped, one
-saga a line. To resume a suspended saga, call `Runtime.resume` from the
-application that has its definition.
+PostgreSQL's readers neither). `prune` is the one command that writes: it
+deletes ended sagas a page per short transaction, safe while a runtime runs.
+What the database holds is printed escaped, one saga a line. To resume a
+suspended saga, call `Runtime.resume` from the application that has its
+definition.
 """
 
 from __future__ import annotations
@@ -134,8 +137,27 @@ def _pg_query(dsn: str, sql: str, params: Sequence[object], schema: str) -> list
         raise SystemExit(str(exc)) from None
 
 
-def _suspended_reason(snapshot: object) -> object:
+ENCRYPTED = "<encrypted>"
+
+
+def opened(column: object, codec: Any) -> object:
+    """A stored value as its JSON text: a sealed one opened with `codec` (`--key-file`),
+    `<encrypted>` without one, `<undecodable: why>` if the key cannot open it."""
+    from ._codec import is_sealed, unseal
+
+    if not is_sealed(column):
+        return column
+    if codec is None:
+        return ENCRYPTED
+    try:
+        return unseal("", column, codec, "value").decode("utf-8", "backslashreplace")  # type: ignore[arg-type]
+    except Exception as exc:
+        return f"<undecodable: {exc}>"
+
+
+def _suspended_reason(snapshot: object, codec: Any = None) -> object:
     """The reason a runtime suspended the saga, from its snapshot; None if it cannot be read."""
+    snapshot = opened(snapshot, codec)
     try:
         state = json.loads(snapshot) if isinstance(snapshot, str | bytes) else None
     except (ValueError, RecursionError):
@@ -161,6 +183,7 @@ def list_sagas(
     *,
     schema: str,
     version: int | None = None,
+    codec: Any = None,
 ) -> int:
     version_column = _version_column(database, schema=schema)
     clauses, params = [], []
@@ -180,7 +203,7 @@ def list_sagas(
     )
     print(f"{'saga_id':<24} {'saga':<16} {'status':<13} {'seq':>4} {'ver':>4}  waiting_for / error")
     for saga_id, name, saga_version, row_status, seq, waiting_for, wake_at, error, snap in rows:
-        detail = error or _suspended_reason(snap) or waiting_for
+        detail = error or _suspended_reason(snap, codec) or waiting_for
         if not detail and wake_at is not None:
             detail = f"wakes at {wake_at:.0f}" if isinstance(wake_at, float | int) else wake_at
         print(
@@ -190,8 +213,11 @@ def list_sagas(
     return 0
 
 
-def _event_text(event: object) -> str:
+def _event_text(event: object, codec: Any = None) -> str:
     """A history entry as sorted JSON, or its raw text when it is not JSON."""
+    event = opened(event, codec)
+    if event == ENCRYPTED or (isinstance(event, str) and event.startswith("<undecodable")):
+        return str(event)
     try:
         if isinstance(event, str | bytes):
             return json.dumps(json.loads(event), sort_keys=True)
@@ -200,7 +226,7 @@ def _event_text(event: object) -> str:
     return f"<unreadable: {printable(event)}>"
 
 
-def show(database: str, saga_id: str, *, schema: str) -> int:
+def show(database: str, saga_id: str, *, schema: str, codec: Any = None) -> int:
     version_column = _version_column(database, schema=schema)
     rows = _query(
         database,
@@ -230,10 +256,10 @@ def show(database: str, saga_id: str, *, schema: str) -> int:
         + (f"  [{printable(error)}]" if error else "")
     )
     print(f"version: {printable(saga_version)}")
-    print(f"input: {printable(input_text)}")
-    print(f"snapshot: {printable(snapshot)}")
+    print(f"input: {printable(opened(input_text, codec))}")
+    print(f"snapshot: {printable(opened(snapshot, codec))}")
     for seq, event in history:
-        print(f"  #{printable(seq):<4} {printable(_event_text(event))}")
+        print(f"  #{printable(seq):<4} {printable(_event_text(event, codec))}")
     for kind, item, key in inbox:
         print(
             f"  inbox: {printable(kind)} {item!r}"  # repr escapes
@@ -261,11 +287,11 @@ def runtimes(database: str, *, schema: str) -> int:
     return 0
 
 
-def check_replay(database: str, specs: Sequence[str], *, schema: str) -> int:
+def check_replay(database: str, specs: Sequence[str], *, schema: str, codec: Any = None) -> int:
     """Print one line per saga that would not replay; 1 if there is any, else 0."""
     from ._check_replay import check_replay as run
 
-    report = run(database, specs, schema=schema)
+    report = run(database, specs, schema=schema, codec=codec)
     for problem in report:
         print(printable(str(problem)))
     skipped = "".join(
@@ -278,6 +304,48 @@ def check_replay(database: str, specs: Sequence[str], *, schema: str) -> int:
         file=sys.stderr,
     )
     return 1 if report else 0
+
+
+def prune(
+    database: str,
+    older_than: str,
+    statuses: Sequence[str],
+    *,
+    dry_run: bool,
+    schema: str,
+    codec: Any = None,
+) -> int:
+    from ._prune_command import parse_duration, prune_database
+    from ._retention import DEFAULT_STATUSES, check_statuses
+
+    try:
+        seconds = parse_duration(older_than)
+        values = check_statuses(statuses or DEFAULT_STATUSES)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
+    if database.startswith(_POSTGRES):
+        from .postgres._schema import SCHEMA_VERSION
+    else:
+        from .sqlite._schema import SCHEMA_VERSION
+    # Read first: refuses a path that is no Sagaloop database before anything is written.
+    version = _query(database, "SELECT max(version) FROM schema_version", schema=schema)[0][0]
+    if database.startswith(_POSTGRES) and version != SCHEMA_VERSION:
+        raise SystemExit(
+            f"{without_password(database)} is at schema version {version}, this Sagaloop's "
+            f"is {SCHEMA_VERSION}: start a runtime of this version on it first (it migrates)"
+        )
+    try:
+        count = prune_database(
+            database, seconds, values, dry_run=dry_run, schema=schema, codec=codec
+        )
+    except Exception as exc:  # the database failed under us: say so, as a command does
+        raise SystemExit(f"prune failed: {printable(exc)}") from None
+    verb = "would prune" if dry_run else "pruned"
+    print(
+        f"{verb} {count} saga{'' if count == 1 else 's'} ({', '.join(values)}) "
+        f"that ended over {older_than} ago"
+    )
+    return 0
 
 
 def positive_int(text: str) -> int:
@@ -318,9 +386,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="MODULE:ATTRIBUTE",
         help="a Saga or a list of them (repeatable)",
     )
-    for command in (listing, showing, listing_runtimes, replaying):
+    pruning = commands.add_parser(
+        "prune", help="delete ended sagas older than a window (safe beside a runtime)"
+    )
+    pruning.add_argument("database")
+    pruning.add_argument("--older-than", required=True, metavar="AGE", help="30d, 12h, 90m, 45s")
+    pruning.add_argument(
+        "--status",
+        action="append",
+        choices=["completed", "compensated", "failed"],
+        help="repeatable; completed and compensated by default",
+    )
+    pruning.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    for command in (listing, showing, listing_runtimes, replaying, pruning):
         command.add_argument("--schema", default="sagaloop", help="PostgreSQL schema")
+    for command in (listing, showing, replaying, pruning):
+        command.add_argument(
+            "--key-file", help="decode values a payload codec wrote (runtime.codecs.load_key_file)"
+        )
     args = parser.parse_args(argv)
+    codec = None
+    if getattr(args, "key_file", None):
+        from .codecs import load_key_file
+
+        try:
+            codec = load_key_file(args.key_file)
+        except (ValueError, ImportError) as exc:
+            raise SystemExit(printable(exc)) from None
     if args.database.startswith(_POSTGRES):
         try:
             from .postgres._schema import check_schema_name
@@ -340,12 +432,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.limit,
             schema=args.schema,
             version=args.version,
+            codec=codec,
         )
     if args.command == "runtimes":
         return runtimes(args.database, schema=args.schema)
+    if args.command == "prune":
+        return prune(
+            args.database,
+            args.older_than,
+            args.status or (),
+            dry_run=args.dry_run,
+            schema=args.schema,
+            codec=codec,
+        )
     if args.command == "check-replay":
-        return check_replay(args.database, args.sagas, schema=args.schema)
-    return show(args.database, args.saga_id, schema=args.schema)
+        return check_replay(args.database, args.sagas, schema=args.schema, codec=codec)
+    return show(args.database, args.saga_id, schema=args.schema, codec=codec)
 
 
 if __name__ == "__main__":

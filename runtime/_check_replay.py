@@ -10,6 +10,8 @@ import anyio
 
 from saga import Saga
 
+from .codecs import PayloadCodec
+
 if TYPE_CHECKING:
     from .testing._replay import ReplayReport
 
@@ -38,12 +40,14 @@ def load_sagas(specs: Sequence[str]) -> list[Saga[Any, Any]]:
     return found
 
 
-def check_replay(database: str, specs: Sequence[str], *, schema: str) -> ReplayReport:
+def check_replay(
+    database: str, specs: Sequence[str], *, schema: str, codec: PayloadCodec | None = None
+) -> ReplayReport:
     """The replay check of the definitions named by `specs` against `database`."""
     from .testing._replay import replay_check
 
     sagas = load_sagas(specs)
     try:
-        return anyio.run(lambda: replay_check(database, sagas=sagas, schema=schema))
+        return anyio.run(lambda: replay_check(database, sagas=sagas, schema=schema, codec=codec))
     except FileNotFoundError as exc:
         raise SystemExit(str(exc)) from None

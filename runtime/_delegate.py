@@ -16,6 +16,7 @@ from saga.store import (
     DueSaga,
     HistoryEntry,
     InboxItem,
+    RetainingStore,
     SagaRow,
     SagaState,
     SharedStore,
@@ -115,3 +116,29 @@ class DelegatingStore:
 
     async def quarantine(self, saga_id: str, reason: str) -> None:
         await self.inner.quarantine(saga_id, reason)
+
+    async def prune_page(
+        self,
+        status: str,
+        *,
+        ended_before: float,
+        now: float,
+        after: tuple[float, str] | None = None,
+        limit: int = 200,
+        tombstones_before: float | None = None,
+    ) -> tuple[int, tuple[float, str] | None]:
+        if not isinstance(self.inner, RetainingStore):
+            raise TypeError(f"{type(self.inner).__name__} cannot prune")
+        return await self.inner.prune_page(
+            status,
+            ended_before=ended_before,
+            now=now,
+            after=after,
+            limit=limit,
+            tombstones_before=tombstones_before,
+        )
+
+    async def count_prunable(self, statuses: Sequence[str], ended_before: float) -> int:
+        if not isinstance(self.inner, RetainingStore):
+            raise TypeError(f"{type(self.inner).__name__} cannot prune")
+        return await self.inner.count_prunable(statuses, ended_before)

@@ -3,7 +3,7 @@ re-exported by `runtime`; the README's "Errors" table says when each is raised."
 
 from __future__ import annotations
 
-from saga import ErrorInfo, SagaError, StoreError
+from saga import CorruptSagaError, ErrorInfo, PayloadError, SagaError, SagaNotFound, StoreError
 
 
 # `SagaCompensated` and `SagaFailed` are outcomes, named in DESIGN.md's contract: no
@@ -55,6 +55,17 @@ class DuplicateSagaError(SagaError):
         self.saga_id = saga_id
 
 
+class SagaPrunedError(SagaNotFound):
+    """Raised by `status`, `result` and the store's reads for a saga that ended and was
+    pruned by retention: only its tombstone is left (it ran; nothing of it is kept).
+
+    A `SagaNotFound`, so code that treats a missing saga as missing keeps working."""
+
+    def __init__(self, saga_id: str) -> None:
+        super().__init__(saga_id)
+        self.args = (f"saga {saga_id!r} ended and was pruned (retention); only its id is kept",)
+
+
 class UnregisteredSagaError(SagaError, LookupError):
     """Raised by `Runtime.spawn` (and `status`, `result`) for a saga definition this runtime
     was not given. Not `SagaNotFound`: the instance may well exist, its code is missing here."""
@@ -98,3 +109,9 @@ class CommitOutcomeUnknownError(StoreError):
 
 class UnknownSignalError(SagaError, LookupError):
     """Raised by `Runtime.signal` for a signal no step of the saga waits for."""
+
+
+class CodecError(CorruptSagaError, PayloadError):
+    """A stored value the payload codec cannot open: written under a key not given here,
+    altered, or encoded while this runtime has no codec. The saga is suspended with this
+    reason (never run on what it cannot read); give the key and `Runtime.resume` it."""

@@ -5,8 +5,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from saga import CallKind, CompensationStatus, ErrorInfo, Saga, SagaStatus, StepStatus
+import msgspec
+
+from saga import (
+    CallKind,
+    CompensationStatus,
+    CorruptSagaError,
+    ErrorInfo,
+    Saga,
+    SagaStatus,
+    StepStatus,
+)
 from saga.engine import check_fits, label, timeline
 from saga.engine import kind_of as kind
 from saga.store import HistoryEntry, SagaRow, SagaState
@@ -71,6 +82,9 @@ class SagaInfo:
     """The ids of the child sagas this saga started."""
     version: int = 1
     """The definition version it runs on (to its end, whatever newer versions exist)."""
+    input: Any = None
+    """Its input as spawned, decoded from JSON (dicts and lists; opened by the payload
+    codec when one sealed it)."""
 
     def timeline(self) -> list[str]:
         """The history as readable lines, one per thing that happened."""
@@ -81,7 +95,9 @@ _ACTIVE_STEP = frozenset({StepStatus.RUNNING, StepStatus.RETRYING})
 _ACTIVE_COMPENSATION = frozenset({CompensationStatus.RUNNING, CompensationStatus.RETRYING})
 
 
-def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> SagaInfo:
+def saga_info(
+    saga: Saga, state: SagaState, history: Sequence[HistoryEntry], input: bytes = b"null"
+) -> SagaInfo:
     """Raises `CorruptSagaError` for a snapshot that does not fit `saga`."""
     check_fits(saga, state)
     steps = tuple(_step_info(saga, state, index) for index in range(len(state.steps)))
@@ -115,7 +131,15 @@ def saga_info(saga: Saga, state: SagaState, history: Sequence[HistoryEntry]) -> 
         parent_id=state.parent.saga_id if state.parent is not None else None,
         children=tuple(info.child_id for info in steps if info.child_id is not None),
         version=state.definition_version,
+        input=_input(state.saga_id, input),
     )
+
+
+def _input(saga_id: str, data: bytes) -> Any:
+    try:
+        return msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise CorruptSagaError(saga_id, f"input column is not JSON: {exc}") from None
 
 
 def _step_info(saga: Saga, state: SagaState, index: int) -> StepInfo:

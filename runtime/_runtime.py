@@ -14,6 +14,7 @@ import random
 import uuid
 from collections.abc import Iterable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Self, TypeVar, overload
 
@@ -40,6 +41,7 @@ from ._errors import (
     SagaCompensated,
     SagaFailed,
     SagaNotSuspendedError,
+    SagaPrunedError,
     SagaSuspendedError,
     UnknownSignalError,
     UnregisteredSagaError,
@@ -47,7 +49,10 @@ from ._errors import (
 from ._handle import SagaHandle
 from ._host import SagaHost
 from ._info import STATUS_VALUES, SagaInfo, SagaPage, SagaSummary, row_problem, saga_info
+from ._pruner import DEFAULT_TOMBSTONE_WINDOW, Pruner
 from ._registry import Registry, stand_in
+from ._retention import DEFAULT_STATUSES, check_statuses
+from .codecs import PayloadCodec
 from .sqlite import SqliteStore, Synchronous
 
 logger = logging.getLogger("runtime")
@@ -60,17 +65,35 @@ OutputT = TypeVar("OutputT")
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def _postgres_store(dsn: str) -> Store:
+def _postgres_store(dsn: str, codec: PayloadCodec | None) -> Store:
     try:
         from .postgres import PostgresStore
     except ImportError as exc:
         raise ImportError(
             "a postgresql:// database needs asyncpg: pip install 'sagaloop[postgres]'"
         ) from exc
-    return PostgresStore(dsn)
+    return PostgresStore(dsn, codec=codec)
 
 
 _MAX_TEXT = 1000
+
+
+def _give_codec(store: object, codec: PayloadCodec) -> None:
+    """`Runtime(store, codec=...)`: the store (or the one it wraps) seals with it."""
+    target = store
+    while not hasattr(target, "codec") and hasattr(target, "inner"):
+        target = target.inner
+    if not hasattr(target, "codec"):
+        raise TypeError(f"{type(store).__name__} takes no payload codec")
+    target.codec = codec
+
+
+def _seconds(value: timedelta | float, what: str) -> float:
+    """A duration given as a `timedelta` or seconds; `ValueError` unless finite and >= 0."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < 1e12:
+        raise ValueError(f"{what} must be a timedelta or seconds >= 0, got {value!r}")
+    return float(seconds)
 
 
 def _check_lookup(saga_id: str) -> None:
@@ -121,7 +144,12 @@ class Runtime:
     the running steps to end once cancelled; a step that ignores its cancellation
     longer is logged and left running, and runs again on the next start),
     `max_payload_bytes` (the JSON size of an input, signal payload or step
-    result, 2 MiB by default; None: no limit).
+    result, 2 MiB by default; None: no limit), `retention` (completed and
+    compensated sagas are deleted once they ended this long ago, by a
+    background task every `retention_interval`; None: kept forever; see
+    `prune`), `tombstone_window` (how long a pruned id still refuses a new
+    start: 30 days by default), `codec` (a `runtime.codecs.PayloadCodec` that
+    every user value at rest goes through: compression, encryption).
 
     Raises `StoreLockedError` on entering if another runtime has the file,
     and `SchemaVersionError` if a newer Sagaloop wrote it.
@@ -142,16 +170,30 @@ class Runtime:
         rng: random.Random | None = None,
         stop_timeout: float = 10.0,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        retention: timedelta | float | None = None,
+        retention_interval: timedelta | float = 60.0,
+        tombstone_window: timedelta | float = DEFAULT_TOMBSTONE_WINDOW,
+        codec: PayloadCodec | None = None,
     ) -> None:
         self._sagas = Registry(sagas)
+        self._retention = None if retention is None else _seconds(retention, "retention")
+        self._retention_interval = _seconds(retention_interval, "retention_interval")
+        if self._retention_interval <= 0:
+            raise ValueError("retention_interval must be > 0")
         if max_recoveries < 0:
             raise ValueError("max_recoveries must be >= 0")
+        if codec is not None and not isinstance(codec, PayloadCodec):
+            raise TypeError(f"codec must have encode() and decode(), got {codec!r}")
         if isinstance(database, str) and database.startswith(_POSTGRES_SCHEMES):
-            self._store: Store = _postgres_store(database)
+            self._store: Store = _postgres_store(database, codec)
         elif isinstance(database, str | os.PathLike):
-            self._store = SqliteStore(database, synchronous=synchronous, busy_timeout=busy_timeout)
+            self._store = SqliteStore(
+                database, synchronous=synchronous, busy_timeout=busy_timeout, codec=codec
+            )
         else:
             self._store = database
+            if codec is not None:
+                _give_codec(database, codec)
         if keep_warm < 0:
             raise ValueError("keep_warm must be >= 0")
         if not stop_timeout >= 0:  # NaN too
@@ -177,6 +219,11 @@ class Runtime:
             keep_warm=keep_warm,
             stop_timeout=stop_timeout,
             max_payload_bytes=max_payload_bytes,
+        )
+        self._pruner = Pruner(
+            self._store,
+            self._clock,
+            tombstone_window=_seconds(tombstone_window, "tombstone_window"),
         )
 
     @property
@@ -208,6 +255,13 @@ class Runtime:
             task_group.start_soon(self._host.timers.run, name="sagaloop-timers")
             if self._host.shared is not None:
                 task_group.start_soon(self._host.claim_loop, name="sagaloop-claims")
+            if self._retention is not None:
+                task_group.start_soon(
+                    self._pruner.run,
+                    self._retention,
+                    self._retention_interval,
+                    name="sagaloop-retention",
+                )
         except BaseException:
             self._stack = None
             self._host.close()
@@ -276,8 +330,10 @@ class Runtime:
 
         Exactly-once: spawning an existing `saga_id` with the same input
         returns that saga's handle (even after a restart) and starts
-        nothing. Raises `DuplicateSagaError` if it exists with another
-        input or saga, `UnregisteredSagaError` for a saga not given to this
+        nothing; so does an id retention pruned, within its tombstone window
+        (the handle's `result` raises `SagaPrunedError`). Raises
+        `DuplicateSagaError` if it exists (or existed) with another input or saga,
+        `UnregisteredSagaError` for a saga not given to this
         runtime, `PayloadError` for an input msgspec cannot serialize or
         that does not match the saga's `input_type`, and `ValueError` for
         an empty `saga_id`, one with a NUL character or over 1,000 bytes.
@@ -293,7 +349,10 @@ class Runtime:
         check_size(data, self._max_payload_bytes, "input of saga", definition.name)
         decoded = decode_payload(data, definition.input_type, "input of saga", definition.name)
         begun = self._host.begin(definition, saga_id, data, decoded)
-        existing = await self._store.create(begun.stored, begun.event)
+        try:
+            existing = await self._store.create(begun.stored, begun.event)
+        except SagaPrunedError:
+            return SagaHandle(self, saga_id)  # it ran and ended long ago: start nothing
         if existing is not None:
             if existing.saga_name != definition.name:
                 raise DuplicateSagaError(saga_id, f"as a {existing.saga_name!r} saga")
@@ -331,7 +390,27 @@ class Runtime:
         if stored.state.partial:  # a code saga: its calls come back from its history
             # It may have moved on between the two reads: the history up to the snapshot.
             history = [entry for entry in history if entry.seq <= stored.state.seq]
-        return saga_info(definition, engine.complete(definition, stored, history), history)
+        complete = engine.complete(definition, stored, history)
+        return saga_info(definition, complete, history, stored.input)
+
+    async def prune(
+        self,
+        *,
+        older_than: timedelta | float,
+        statuses: Iterable[SagaStatus | str] = DEFAULT_STATUSES,
+        dry_run: bool = False,
+    ) -> int:
+        """Delete the sagas of `statuses` (completed and compensated by default; failed
+        if asked) that ended `older_than` ago or earlier, with their history and inbox;
+        return how many (`dry_run`: how many would go, deleting nothing).
+
+        A child goes only after its parent (which might still ask it to roll back); each
+        pruned saga leaves a tombstone (see `tombstone_window`). Raises `ValueError` for
+        a status that has not ended (a suspended saga may hold effects to undo).
+        """
+        self._check_running()
+        values = check_statuses(statuses)
+        return await self._pruner.prune(_seconds(older_than, "older_than"), values, dry_run=dry_run)
 
     async def resume(self, saga_id: str) -> None:
         """Resume a suspended saga where it stopped (an operator's call).
@@ -524,6 +603,9 @@ class Runtime:
         if timeout is not None:
             with anyio.fail_after(timeout):
                 return await self.result(saga_id)
+        # Another runtime may drive it, and tells no one here when it ends: look again
+        # soon, then less and less often, up to the sweep's poll interval.
+        remote_delay = 0.05
         while True:
             self._check_running()
             waiter = self._host.arm_waiter(saga_id)
@@ -536,9 +618,9 @@ class Runtime:
                     if stored.state.status is SagaStatus.SUSPENDED:
                         raise SagaSuspendedError(saga_id, stored.state.suspended_reason)
                 if self._host.shared is not None and not self._host.is_live(saga_id):
-                    # Another runtime may be driving it: look again every poll interval.
                     final = None
-                    with anyio.move_on_after(self._host.shared.poll_interval):
+                    remote_delay = min(remote_delay * 2, self._host.shared.poll_interval)
+                    with anyio.move_on_after(remote_delay):
                         final = await self._host.wait(waiter)
                 else:
                     final = await self._host.wait(waiter)

@@ -14,7 +14,8 @@ from saga import CorruptSagaError
 from saga.engine import Event
 from saga.store import InboxItem, SagaState, StoredSaga
 
-from ._codec import decode_state, encode_state
+from ._codec import decode_state, encode_state, seal, unseal
+from .codecs import PayloadCodec
 
 
 class Create(msgspec.Struct, eq=False):
@@ -48,23 +49,24 @@ class Deliver(msgspec.Struct, eq=False):
     error: Exception | None = None
 
 
-def new_saga_row(op: Create) -> tuple[object, ...]:
+def new_saga_row(op: Create, codec: PayloadCodec | None = None) -> tuple[object, ...]:
     """The `sagas` row of a new saga: saga_id, saga_name, status, seq, input, snapshot,
-    wake_at, runnable, waiting_for, created_at, updated_at, version."""
+    wake_at, runnable, waiting_for, created_at, updated_at, version, parent_id."""
     saga, state = op.saga, op.saga.state
     return (
         saga.saga_id,
         saga.saga_name,
         state.status.value,
         state.seq,
-        saga.input.decode(),
-        encode_state(state),
+        seal(saga.input, codec),
+        encode_state(state, codec),
         state.wake_at,
         state.in_flight,
         state.waiting_for,
         state.started_at or op.event.at,
         state.updated_at or op.event.at,
         state.definition_version,
+        None if state.parent is None else state.parent.saga_id,
     )
 
 
@@ -74,6 +76,7 @@ def stored_saga(
     input_text: object,
     snapshot: object,
     seq: object = None,
+    codec: PayloadCodec | None = None,
 ) -> StoredSaga:
     """A row as a `StoredSaga`; raises `CorruptSagaError` when it cannot be decoded,
     or when the snapshot is not the row's (`seq`, `saga_name` differ)."""
@@ -82,8 +85,8 @@ def stored_saga(
         raise CorruptSagaError(sid, "input column is not JSON text")
     if not isinstance(snapshot, str | bytes):
         raise CorruptSagaError(sid, "snapshot column is not JSON text")
-    data = input_text.encode() if isinstance(input_text, str) else input_text
-    state = decode_state(sid, snapshot)
+    data = unseal(sid, input_text, codec, "input")
+    state = decode_state(sid, snapshot, codec)
     if seq is not None and state.seq != seq:
         raise CorruptSagaError(sid, f"snapshot #{state.seq} in a row at #{seq}")
     if state.saga_name != saga_name:

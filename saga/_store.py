@@ -206,6 +206,35 @@ class Store(Protocol):
 
 
 @runtime_checkable
+class RetainingStore(Store, Protocol):
+    """A store that can delete ended sagas (both of Sagaloop's can): retention.
+
+    Pruning goes in passes over the ended sagas of one status by age, a page per call,
+    each page in its own short write; each pruned saga leaves a tombstone that keeps
+    its start exactly-once (`create` refuses its id; reads raise `SagaPrunedError`).
+    """
+
+    async def prune_page(
+        self,
+        status: str,
+        *,
+        ended_before: float,
+        now: float,
+        after: tuple[float, str] | None = None,
+        limit: int = 200,
+        tombstones_before: float | None = None,
+    ) -> tuple[int, tuple[float, str] | None]:
+        """Look at up to `limit` sagas of `status` created before `ended_before`, after
+        the position `after`; delete those that ended before it (and tombstones pruned
+        before `tombstones_before`). Returns (deleted, the next position; None: done)."""
+        ...
+
+    async def count_prunable(self, statuses: Sequence[str], ended_before: float) -> int:
+        """How many sagas pruning would delete now (a dry run)."""
+        ...
+
+
+@runtime_checkable
 class SharedStore(Store, Protocol):
     """A store several runtimes share (PostgreSQL): each saga has at most one owner.
 

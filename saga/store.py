@@ -14,6 +14,7 @@ from ._store import (
     InboxItem,
     Notice,
     OwnedSaga,
+    RetainingStore,
     SagaRow,
     SharedStore,
     Store,
@@ -24,6 +25,7 @@ from ._store import (
 __all__ = (
     "Store",
     "SharedStore",
+    "RetainingStore",
     "StoredSaga",
     "SagaState",
     "StepState",

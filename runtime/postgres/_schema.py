@@ -108,6 +108,36 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             '"definition_version":[0-9]{1,9}[,}]'
         """,
     ),
+    3: (
+        # Retention (see runtime/_retention.py): a child goes only once its parent is gone.
+        'ALTER TABLE sagas ADD COLUMN parent_id text COLLATE "C"',
+        # Only rows that can name a parent, each in its own subtransaction: a snapshot
+        # edited into invalid JSON keeps no parent instead of failing the migration.
+        """
+        DO $$
+        DECLARE r record;
+        BEGIN
+            FOR r IN SELECT saga_id, snapshot FROM sagas WHERE snapshot LIKE '%"parent":%' LOOP
+                BEGIN
+                    UPDATE sagas SET parent_id = r.snapshot::jsonb -> 'parent' ->> 'saga_id'
+                    WHERE saga_id = r.saga_id;
+                EXCEPTION WHEN others THEN NULL;
+                END;
+            END LOOP;
+        END $$
+        """,
+        f"CREATE INDEX sagas_by_age ON sagas (status, created_at, saga_id) "
+        f"WHERE status IN {TERMINAL}",
+        """
+        CREATE TABLE tombstones (
+            saga_id      text COLLATE "C" PRIMARY KEY,
+            saga_name    text NOT NULL,
+            input_digest text NOT NULL,
+            pruned_at    double precision NOT NULL
+        )
+        """,
+        "CREATE INDEX tombstones_by_age ON tombstones (pruned_at)",
+    ),
 }
 
 SCHEMA_VERSION = latest_version(MIGRATIONS)

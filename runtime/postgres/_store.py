@@ -42,12 +42,14 @@ from saga.store import (
     UnfinishedSaga,
 )
 
-from .._codec import decode_event
-from .._errors import StoreClosedError
+from .._codec import decode_event, readable_input, unseal
+from .._errors import SagaPrunedError, StoreClosedError
 from .._info import not_a_time
 from .._listing import listing_query
 from .._migrations import migrations_to_apply
+from .._retention import PAGE, Cursor, Prune
 from .._writes import Create, Deliver, Save, stored_saga
+from ..codecs import PayloadCodec
 from ._connections import (
     CONNECTION_TROUBLE,
     Connection,
@@ -57,6 +59,7 @@ from ._connections import (
     retryable,
 )
 from ._ownership import OWNER_IS_GONE, Ownership
+from ._pruning import COUNT_PRUNABLE, prune_page
 from ._schema import (
     LIVE,
     MIGRATION_LOCK_KEY,
@@ -103,6 +106,7 @@ class PostgresStore(Ownership):
         reconnect_timeout: float = 30.0,
         run_spawned_here: bool = True,
         name: str | None = None,
+        codec: PayloadCodec | None = None,
     ) -> None:
         if lease <= 0 or poll_interval <= 0:
             raise ValueError("lease and poll_interval must be positive")
@@ -131,6 +135,8 @@ class PostgresStore(Ownership):
         self._closing = False
         self.batches_committed = 0
         self.lease_lapses = 0
+        self.codec = codec
+        """Seals every user value at rest (`runtime.codecs`); set before entering."""
 
     # -- SharedStore properties -------------------------------------------
 
@@ -359,6 +365,7 @@ class PostgresStore(Ownership):
                     self._runtime_id,
                     self.schema,
                     own_new_sagas=self._run_spawned_here,
+                    codec=self.codec,
                 )
 
         await self._with_reconnect("write", attempt)
@@ -403,17 +410,58 @@ class PostgresStore(Ownership):
             "SELECT saga_name, input, snapshot, seq FROM sagas WHERE saga_id = $1", saga_id
         )
         if not rows:
-            raise SagaNotFound(saga_id)
+            raise await self._not_found(saga_id)
         saga_name, input_text, snapshot, seq = rows[0]
-        return stored_saga(saga_id, saga_name, input_text, snapshot, seq)
+        return stored_saga(saga_id, saga_name, input_text, snapshot, seq, codec=self.codec)
 
     async def history(self, saga_id: str) -> Sequence[HistoryEntry]:
         rows = await self._fetch(
             "SELECT seq, event FROM history WHERE saga_id = $1 ORDER BY seq", saga_id
         )
         if not rows and not await self._fetch("SELECT 1 FROM sagas WHERE saga_id = $1", saga_id):
-            raise SagaNotFound(saga_id)
-        return [HistoryEntry(seq, decode_event(saga_id, event)) for seq, event in rows]
+            raise await self._not_found(saga_id)
+        return [HistoryEntry(seq, decode_event(saga_id, event, self.codec)) for seq, event in rows]
+
+    def _plain_input(self, column: object) -> bytes | None:
+        return readable_input(column, self.codec)
+
+    async def _not_found(self, saga_id: str) -> SagaNotFound:
+        """`SagaPrunedError` for an id retention pruned, else `SagaNotFound`."""
+        if await self._fetch("SELECT 1 FROM tombstones WHERE saga_id = $1", saga_id):
+            return SagaPrunedError(saga_id)
+        return SagaNotFound(saga_id)
+
+    # -- retention ---------------------------------------------------------
+
+    async def prune_page(
+        self,
+        status: str,
+        *,
+        ended_before: float,
+        now: float,
+        after: Cursor | None = None,
+        limit: int = PAGE,
+        tombstones_before: float | None = None,
+    ) -> tuple[int, Cursor | None]:
+        """One page of a pruning pass (`runtime._retention`) in its own transaction:
+        (sagas deleted, where the pass goes on; None: it is over)."""
+        op = Prune(status, ended_before, now, after, limit, tombstones_before)
+
+        async def attempt() -> None:
+            async with borrowed(self._open_pool()) as conn:
+                await prune_page(conn, op, self._plain_input)
+
+        try:
+            await self._with_reconnect("prune", attempt)
+        except CONNECTION_TROUBLE as exc:
+            raise StoreError(f"PostgreSQL prune failed: {exc}") from exc
+        return op.pruned, op.cursor
+
+    async def count_prunable(self, statuses: Sequence[str], ended_before: float) -> int:
+        """How many sagas pruning would delete now (a dry run: nothing is written)."""
+        rows = await self._fetch(COUNT_PRUNABLE, list(statuses), ended_before)
+        count: int = rows[0][0]
+        return count
 
     async def inbox(self, saga_id: str) -> Sequence[InboxItem]:
         rows = await self._fetch(
@@ -421,7 +469,9 @@ class PostgresStore(Ownership):
             saga_id,
         )
         return [
-            InboxItem(row_id, saga_id, kind, name, payload.encode(), key, at)
+            InboxItem(
+                row_id, saga_id, kind, name, unseal(saga_id, payload, self.codec, "inbox"), key, at
+            )
             for row_id, kind, name, payload, key, at in rows
         ]
 

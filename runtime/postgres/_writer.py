@@ -21,10 +21,12 @@ from asyncpg.pool import PoolConnectionProxy
 from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus
 from saga.store import LeaseLostError, StaleStateError
 
-from .._codec import encode_event, encode_state
+from .._codec import encode_event, encode_state, seal
 from .._errors import CommitOutcomeUnknownError
 from .._latch import Latch
 from .._writes import Create, Deliver, Save, new_saga_row, stored_saga
+from ..codecs import PayloadCodec
+from ._pruning import refuse_tombstoned
 from ._schema import TERMINAL
 
 Connection = asyncpg.Connection | PoolConnectionProxy
@@ -66,14 +68,14 @@ _CREATE = """
 WITH v AS (
     SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[],
                          $7::text[], $8::float8[], $9::bool[], $10::text[], $11::float8[],
-                         $12::float8[], $13::int[], $14::float8[], $15::text[])
+                         $12::float8[], $13::int[], $14::text[], $15::float8[], $16::text[])
         AS v(saga_id, saga_name, status, seq, input, snapshot, wake_at, runnable,
-             waiting_for, created_at, updated_at, version, at, event)
+             waiting_for, created_at, updated_at, version, parent_id, at, event)
 ), ins AS (
     INSERT INTO sagas (saga_id, saga_name, status, seq, input, snapshot, wake_at, runnable,
-                       waiting_for, owner, epoch, created_at, updated_at, version)
+                       waiting_for, owner, epoch, created_at, updated_at, version, parent_id)
     SELECT saga_id, saga_name, status, seq, input, snapshot, wake_at, runnable,
-           waiting_for, $1, 1, created_at, updated_at, version FROM v
+           waiting_for, $1, 1, created_at, updated_at, version, parent_id FROM v
     ON CONFLICT (saga_id) DO NOTHING
     RETURNING saga_id
 ), hist AS (
@@ -150,6 +152,7 @@ async def commit_batch(
     channel_prefix: str,
     *,
     own_new_sagas: bool = True,
+    codec: PayloadCodec | None = None,
 ) -> None:
     """Write `batch` in one transaction; per-write refusals land in each op's `error`.
 
@@ -164,13 +167,13 @@ async def commit_batch(
     try:
         if batch.creates:
             creator = runtime_id if own_new_sagas else None
-            if await _create(conn, batch.creates, creator) and creator is None:
+            if await _create(conn, batch.creates, creator, codec) and creator is None:
                 await conn.execute("SELECT pg_notify($1, 'sweep')", f"{channel_prefix}_all")
         if batch.saves:
-            await _save(conn, batch.saves, runtime_id)
-            await _report(conn, batch.saves, runtime_id, channel_prefix)
+            await _save(conn, batch.saves, runtime_id, codec)
+            await _report(conn, batch.saves, runtime_id, channel_prefix, codec)
         for op in batch.deliveries:
-            await _deliver(conn, op, runtime_id, channel_prefix)
+            await _deliver(conn, op, runtime_id, channel_prefix, codec)
         if batch.releases:
             ids, epochs = zip(*batch.releases, strict=True)
             await conn.execute(_RELEASE, runtime_id, list(ids), list(epochs))
@@ -186,20 +189,26 @@ async def commit_batch(
         raise CommitOutcomeUnknownError(f"PostgreSQL failed during COMMIT: {exc}") from exc
 
 
-async def _create(conn: Connection, creates: list[Create], owner: str | None) -> bool:
+async def _create(
+    conn: Connection, creates: list[Create], owner: str | None, codec: PayloadCodec | None
+) -> bool:
     """Insert the new sagas, owned by `owner`; True if any was new."""
     # One row per id per statement; a duplicate within the batch is answered below.
     first: dict[str, Create] = {}
     for op in creates:
         first.setdefault(op.saga.saga_id, op)
-    columns: list[list[object]] = [[] for _ in range(14)]
+    columns: list[list[object]] = [[] for _ in range(15)]
     for op in first.values():
-        values = (*new_saga_row(op), op.event.at, encode_event(op.event))
+        values = (*new_saga_row(op, codec), op.event.at, encode_event(op.event, codec))
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     inserted = {row[0] for row in await conn.fetch(_CREATE, owner, *columns)}
+    await refuse_tombstoned(conn, creates, inserted)
     others = [
-        op for op in creates if op.saga.saga_id not in inserted or first[op.saga.saga_id] is not op
+        op
+        for op in creates
+        if op.error is None
+        and (op.saga.saga_id not in inserted or first[op.saga.saga_id] is not op)
     ]
     if not others:
         return bool(inserted)
@@ -214,13 +223,15 @@ async def _create(conn: Connection, creates: list[Create], owner: str | None) ->
             op.error = StaleStateError(f"saga {op.saga.saga_id!r} vanished while being created")
             continue
         try:
-            op.existing = stored_saga(*row)
+            op.existing = stored_saga(row[0], row[1], row[2], row[3], row[4], codec=codec)
         except CorruptSagaError as exc:
             op.error = exc
     return bool(inserted)
 
 
-async def _save(conn: Connection, saves: list[Save], runtime_id: str) -> None:
+async def _save(
+    conn: Connection, saves: list[Save], runtime_id: str, codec: PayloadCodec | None
+) -> None:
     # One statement per round; a saga saved twice in one batch (rare) takes two rounds.
     pending = saves
     while pending:
@@ -232,11 +243,13 @@ async def _save(conn: Connection, saves: list[Save], runtime_id: str) -> None:
             (later if saga_id in seen else this_round).append(op)
             seen.add(saga_id)
         this_round.sort(key=lambda op: op.state.saga_id)  # one lock order for every writer
-        await _save_round(conn, this_round, runtime_id)
+        await _save_round(conn, this_round, runtime_id, codec)
         pending = later
 
 
-async def _save_round(conn: Connection, saves: list[Save], runtime_id: str) -> None:
+async def _save_round(
+    conn: Connection, saves: list[Save], runtime_id: str, codec: PayloadCodec | None
+) -> None:
     columns: list[list[object]] = [[] for _ in range(12)]
     for op in saves:
         state = op.state
@@ -244,14 +257,14 @@ async def _save_round(conn: Connection, saves: list[Save], runtime_id: str) -> N
             state.saga_id,
             state.seq,
             op.epoch,
-            encode_state(state),
+            encode_state(state, codec),
             state.status.value,
             state.wake_at,
             state.in_flight,
             state.waiting_for,
             state.updated_at,
             op.event.at,
-            encode_event(op.event),
+            encode_event(op.event, codec),
             op.consumed,
         )
         for column, value in zip(columns, values, strict=True):
@@ -282,7 +295,9 @@ async def _save_round(conn: Connection, saves: list[Save], runtime_id: str) -> N
             )
 
 
-async def _deliver(conn: Connection, op: Deliver, runtime_id: str, channel_prefix: str) -> None:
+async def _deliver(
+    conn: Connection, op: Deliver, runtime_id: str, channel_prefix: str, codec: PayloadCodec | None
+) -> None:
     item = op.item
     tag = "c:" if item.kind == "cancel" else "n:"
     row = await conn.fetchrow(
@@ -291,7 +306,7 @@ async def _deliver(conn: Connection, op: Deliver, runtime_id: str, channel_prefi
         item.saga_id,
         item.kind,
         item.name,
-        item.payload.decode(),
+        seal(item.payload, codec),
         item.key,
         item.at,
         channel_prefix,
@@ -321,7 +336,13 @@ WHERE s.owner IS NOT NULL AND s.owner <> $1 AND EXISTS (SELECT 1 FROM ins)
 """
 
 
-async def _report(conn: Connection, saves: list[Save], runtime_id: str, channel: str) -> None:
+async def _report(
+    conn: Connection,
+    saves: list[Save],
+    runtime_id: str,
+    channel: str,
+    codec: PayloadCodec | None,
+) -> None:
     """The inbox items the written saves carry for other sagas (a child's report to its
     parent), unless that saga has ended; its owner is told when this commits."""
     for op in saves:
@@ -334,7 +355,7 @@ async def _report(conn: Connection, saves: list[Save], runtime_id: str, channel:
             item.saga_id,
             item.kind,
             item.name,
-            item.payload.decode(),
+            seal(item.payload, codec),
             item.key,
             item.at,
             channel,

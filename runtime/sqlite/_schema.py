@@ -79,6 +79,29 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
           AND typeof(json_extract(snapshot, '$.definition_version')) = 'integer'
         """,
     ),
+    5: (
+        # Retention. A child is pruned only once its parent is gone (a parent that rolls
+        # back asks its completed children to compensate), so each row names its parent.
+        "ALTER TABLE sagas ADD COLUMN parent_id TEXT",
+        """
+        UPDATE sagas SET parent_id = json_extract(snapshot, '$.parent.saga_id')
+        WHERE json_valid(snapshot) AND json_type(snapshot, '$.parent.saga_id') = 'text'
+        """,
+        # Ended sagas by age: `created_at` never changes, so no transition rewrites this
+        # index (one over `updated_at` would be rewritten at every one); a saga ends after
+        # it was created, so `created_at < cutoff` bounds the candidates.
+        "CREATE INDEX sagas_by_age ON sagas(status, created_at, saga_id)",
+        # What is left of a pruned saga: enough to keep its start exactly-once.
+        """
+        CREATE TABLE tombstones (
+            saga_id      TEXT PRIMARY KEY,
+            saga_name    TEXT NOT NULL,
+            input_digest TEXT NOT NULL,
+            pruned_at    REAL NOT NULL
+        )
+        """,
+        "CREATE INDEX tombstones_by_age ON tombstones(pruned_at)",
+    ),
 }
 
 SCHEMA_VERSION = latest_version(MIGRATIONS)

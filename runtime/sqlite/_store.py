@@ -38,11 +38,13 @@ from saga.store import (
     UnfinishedSaga,
 )
 
-from .._codec import decode_event
-from .._errors import StoreClosedError, StoreLockedError
+from .._codec import decode_event, unseal
+from .._errors import SagaPrunedError, StoreClosedError, StoreLockedError
 from .._info import not_a_time
 from .._listing import listing_query
+from .._retention import PAGE, Cursor, Prune
 from .._writes import Create, Deliver, Save, stored_saga
+from ..codecs import PayloadCodec
 from ._thread import WriterThread
 from ._writer import Batch, BatchWriter, FileIdentity, file_identity
 
@@ -113,12 +115,15 @@ class SqliteStore:
         *,
         synchronous: Synchronous = "FULL",
         busy_timeout: float = 5.0,
+        codec: PayloadCodec | None = None,
     ) -> None:
         if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
             raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
         self.synchronous = synchronous
         self.busy_timeout = busy_timeout
+        self.codec = codec
+        """Seals every user value at rest (`runtime.codecs`); set before entering."""
         self._writer: BatchWriter | None = None
         self._thread: WriterThread | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -139,6 +144,7 @@ class SqliteStore:
             self._writer = await self._thread.run(
                 BatchWriter, self.path, self.synchronous, self.busy_timeout
             )
+            self._writer.codec = self.codec
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             await self._reader.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         except BaseException:
@@ -260,6 +266,37 @@ class SqliteStore:
         await batch.done.wait()
         self._check(batch)
 
+    async def prune_page(
+        self,
+        status: str,
+        *,
+        ended_before: float,
+        now: float,
+        after: Cursor | None = None,
+        limit: int = PAGE,
+        tombstones_before: float | None = None,
+    ) -> tuple[int, Cursor | None]:
+        """One page of a pruning pass (`runtime._retention`), in the writer's next batch:
+        (sagas deleted, where the pass goes on; None: it is over)."""
+        op = Prune(status, ended_before, now, after, limit, tombstones_before)
+        batch = self._enqueue()
+        batch.prunes.append(op)
+        await batch.done.wait()
+        self._check(batch)
+        if op.error is not None:
+            raise op.error
+        return op.pruned, op.cursor
+
+    async def count_prunable(self, statuses: Sequence[str], ended_before: float) -> int:
+        """How many sagas pruning would delete now (a dry run: nothing is written)."""
+        rows = await _fetch(
+            self._read_conn(),
+            count_prunable_sql(len(statuses)),
+            (*statuses, ended_before, *statuses, ended_before),
+        )
+        count: int = rows[0][0]
+        return count
+
     def _enqueue(self) -> Batch:
         if self._task_group is None or self._closing:
             raise StoreClosedError(f"store {self.path} is not open")
@@ -317,9 +354,9 @@ class SqliteStore:
             (saga_id,),
         )
         if not rows:
-            raise SagaNotFound(saga_id)
+            raise await self._not_found(saga_id)
         saga_name, input_text, snapshot, seq = rows[0]
-        return stored_saga(saga_id, saga_name, input_text, snapshot, seq)
+        return stored_saga(saga_id, saga_name, input_text, snapshot, seq, codec=self.codec)
 
     async def history(self, saga_id: str) -> Sequence[HistoryEntry]:
         conn = self._read_conn()
@@ -327,8 +364,16 @@ class SqliteStore:
             conn, "SELECT seq, event FROM history WHERE saga_id=? ORDER BY seq", (saga_id,)
         )
         if not rows and not await _fetch(conn, "SELECT 1 FROM sagas WHERE saga_id=?", (saga_id,)):
-            raise SagaNotFound(saga_id)
-        return [HistoryEntry(seq, decode_event(saga_id, event)) for seq, event in rows]
+            raise await self._not_found(saga_id)
+        return [HistoryEntry(seq, decode_event(saga_id, event, self.codec)) for seq, event in rows]
+
+    async def _not_found(self, saga_id: str) -> SagaNotFound:
+        """`SagaPrunedError` for an id retention pruned (its tombstone is there), else
+        `SagaNotFound`."""
+        pruned = await _fetch(
+            self._read_conn(), "SELECT 1 FROM tombstones WHERE saga_id=?", (saga_id,)
+        )
+        return SagaPrunedError(saga_id) if pruned else SagaNotFound(saga_id)
 
     async def unfinished(self) -> Sequence[UnfinishedSaga]:
         rows = await _fetch(
@@ -356,7 +401,9 @@ class SqliteStore:
             (saga_id,),
         )
         return [
-            InboxItem(row_id, saga_id, kind, name, payload.encode(), key, at)
+            InboxItem(
+                row_id, saga_id, kind, name, unseal(saga_id, payload, self.codec, "inbox"), key, at
+            )
             for row_id, kind, name, payload, key, at in rows
         ]
 
@@ -421,6 +468,25 @@ class SqliteStore:
         )
         rows = await _fetch(self._read_conn(), sql, params)
         return [SagaRow(*row) for row in rows]
+
+
+def count_prunable_sql(statuses: int) -> str:
+    """SQL: the sagas a full prune would delete (parents first, then their children),
+    counted without writing. Parameters: the statuses and the cutoff, twice."""
+    marks = ",".join("?" * statuses)
+    ended = (
+        f"s.status IN ({marks}) AND s.updated_at < ? "
+        "AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.saga_id = s.saga_id)"
+    )
+    return f"""
+    WITH RECURSIVE gone(saga_id) AS (
+        SELECT s.saga_id FROM sagas s WHERE {ended} AND (s.parent_id IS NULL
+            OR NOT EXISTS (SELECT 1 FROM sagas p WHERE p.saga_id = s.parent_id))
+        UNION
+        SELECT s.saga_id FROM sagas s JOIN gone g ON s.parent_id = g.saga_id WHERE {ended}
+    )
+    SELECT count(*) FROM gone
+    """
 
 
 async def _fetch(

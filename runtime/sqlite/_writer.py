@@ -14,16 +14,19 @@ import contextlib
 import os
 import sqlite3
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus, StoreError
 from saga.store import SagaState, StaleStateError, StoredSaga
 
-from .._codec import encode_event, encode_state
+from .._codec import encode_event, encode_state, readable_input, seal
 from .._latch import Latch
 from .._migrations import migrations_to_apply
+from .._retention import Candidate, Prune, plan_page, refuse_pruned
 from .._writes import Create, Deliver, Save, new_saga_row, stored_saga
+from ..codecs import PayloadCodec
 from ._schema import MIGRATIONS
 
 _SELECT_CHUNK = 500
@@ -41,8 +44,8 @@ Hint = tuple[str, int, float | None, str | None]
 _DELETE_CONSUMED = "DELETE FROM inbox WHERE id=? AND saga_id=?"
 _INSERT_NEW = (
     "INSERT INTO sagas(saga_id, saga_name, status, seq, input, snapshot, wake_at, "
-    "runnable, waiting_for, created_at, updated_at, version) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "runnable, waiting_for, created_at, updated_at, version, parent_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPDATE_SNAPSHOT = (
     "UPDATE sagas SET snapshot=?, seq=?, updated_at=? WHERE saga_id=? AND seq=? AND status=? "
@@ -61,6 +64,22 @@ _REPORT = (
 )
 
 
+# A page of a pruning pass, on the sagas_by_age index; the last column says whether the
+# row goes (see `runtime._retention`).
+_PRUNE_PAGE = """
+SELECT saga_id, saga_name, created_at, input,
+       updated_at < :cutoff AND NOT EXISTS (SELECT 1 FROM inbox i WHERE i.saga_id = s.saga_id)
+       AND (parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM sagas p WHERE p.saga_id = s.parent_id))
+FROM sagas s
+WHERE status = :status AND created_at < :cutoff AND (created_at, saga_id) > (:at, :id)
+ORDER BY created_at, saga_id LIMIT :limit
+"""
+_EXPIRE_TOMBSTONES = (
+    "DELETE FROM tombstones WHERE rowid IN "
+    "(SELECT rowid FROM tombstones WHERE pruned_at < ? ORDER BY pruned_at LIMIT ?)"
+)
+
+
 def _hint(state: SagaState) -> Hint:
     return (state.status.value, int(state.in_flight), state.wake_at, state.waiting_for)
 
@@ -73,12 +92,19 @@ class Batch:
     saves: list[Save] = field(default_factory=list)
     deliveries: list[Deliver] = field(default_factory=list)
     statements: list[tuple[str, tuple[object, ...]]] = field(default_factory=list)
+    prunes: list[Prune] = field(default_factory=list)
     failure: BaseException | None = None
     done: Latch = field(default_factory=Latch)
     """Set when the batch is committed or has failed (see `failure`)."""
 
     def __len__(self) -> int:
-        return len(self.creates) + len(self.saves) + len(self.deliveries) + len(self.statements)
+        return (
+            len(self.creates)
+            + len(self.saves)
+            + len(self.deliveries)
+            + len(self.statements)
+            + len(self.prunes)
+        )
 
 
 FileIdentity = tuple[int, int]
@@ -114,6 +140,8 @@ class BatchWriter:
             raise
         self._lost_files: str | None = None
         """Why this writer refuses every batch (its files were deleted or replaced)."""
+        self.codec: PayloadCodec | None = None
+        """Seals what it writes (the store sets it)."""
 
     def _identities(self) -> tuple[FileIdentity, FileIdentity] | None:
         """The identity of the database file and of its write-ahead log."""
@@ -150,6 +178,10 @@ class BatchWriter:
     def close(self) -> None:
         self._conn.close()
 
+    def query(self, sql: str, params: Sequence[object] = ()) -> list[tuple[object, ...]]:
+        """Rows of a read on the write connection (the CLI's dry run)."""
+        return self._conn.execute(sql, params).fetchall()
+
     def pragma(self, name: str) -> object:
         return self._conn.execute(f"PRAGMA {name}").fetchone()[0]
 
@@ -176,8 +208,9 @@ class BatchWriter:
         conn.execute("BEGIN IMMEDIATE")
         try:
             history: list[tuple[object, ...]] = []
-            if batch.creates and not self._insert_unchecked(batch.creates, history):
-                self._insert_new(batch.creates, history)
+            creates = self._refuse_tombstoned(batch.creates) if batch.creates else []
+            if creates and not self._insert_unchecked(creates, history):
+                self._insert_new(creates, history)
             if batch.saves:
                 if not self._update_guarded(batch.saves, history):
                     self._update(batch.saves, history)
@@ -190,6 +223,8 @@ class BatchWriter:
                 conn.executemany(
                     "INSERT INTO history(saga_id, seq, at, event) VALUES (?, ?, ?, ?)", history
                 )
+            for prune in batch.prunes:
+                self._prune(prune)
             conn.execute("COMMIT")
             self._check_files()  # deleted during this batch: it is saved, not acknowledged
         except BaseException:
@@ -198,6 +233,72 @@ class BatchWriter:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             raise
+
+    def _plain_input(self, column: object) -> bytes | None:
+        return readable_input(column, self.codec)
+
+    def _refuse_tombstoned(self, creates: list[Create]) -> list[Create]:
+        """The creates whose id no pruned saga had; the others are refused (one cheap
+        look at an empty table when retention never ran, whoever prunes)."""
+        conn = self._conn
+        if not conn.execute("SELECT EXISTS (SELECT 1 FROM tombstones)").fetchone()[0]:
+            return creates
+        ids = list({op.saga.saga_id for op in creates})
+        tombs: dict[str, tuple[str, str]] = {}
+        for start in range(0, len(ids), _SELECT_CHUNK):
+            chunk = ids[start : start + _SELECT_CHUNK]
+            sql = (
+                "SELECT saga_id, saga_name, input_digest FROM tombstones "
+                f"WHERE saga_id IN ({','.join('?' * len(chunk))})"
+            )
+            for saga_id, name, digest in conn.execute(sql, chunk):
+                tombs[saga_id] = (name, digest)
+        if not tombs:
+            return creates
+        kept = []
+        for op in creates:
+            tomb = tombs.get(op.saga.saga_id)
+            if tomb is None:
+                kept.append(op)
+            else:
+                op.error = refuse_pruned(op.saga.saga_id, op.saga.saga_name, op.saga.input, tomb)
+        return kept
+
+    def _prune(self, op: Prune) -> None:
+        """One page of a pruning pass (see `runtime._retention`)."""
+        conn = self._conn
+        at, after_id = op.after if op.after is not None else (float("-inf"), "")
+        rows = [
+            Candidate(saga_id, name, created_at, input_column, bool(prunable))
+            for saga_id, name, created_at, input_column, prunable in conn.execute(
+                _PRUNE_PAGE,
+                {
+                    "cutoff": op.ended_before,
+                    "status": op.status,
+                    "at": at,
+                    "id": after_id,
+                    "limit": op.limit,
+                },
+            )
+        ]
+        page = plan_page(op, rows, self._plain_input)
+        gone = [(saga_id,) for saga_id in page.gone]
+        # Its own savepoint: a page that fails fails alone, not the batch's other writes.
+        conn.execute("SAVEPOINT prune")
+        try:
+            conn.executemany("DELETE FROM history WHERE saga_id = ?", gone)
+            conn.executemany("DELETE FROM inbox WHERE saga_id = ?", gone)
+            conn.executemany("DELETE FROM sagas WHERE saga_id = ?", gone)
+            conn.executemany(
+                "INSERT OR REPLACE INTO tombstones VALUES (?, ?, ?, ?)", page.tombstones
+            )
+            if op.tombstones_before is not None:
+                conn.execute(_EXPIRE_TOMBSTONES, (op.tombstones_before, op.limit))
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK TO prune")
+            op.pruned, op.cursor = 0, None
+            op.error = StoreError(f"pruning {self.path} failed: {exc}")
+        conn.execute("RELEASE prune")
 
     def _all_or_nothing(self, statements: list[tuple[str, list[tuple[object, ...]]]]) -> bool:
         """Run `statements` (executemany each); keep them only if every row changed one
@@ -219,13 +320,15 @@ class BatchWriter:
         nothing, if one does or one id comes twice (then `_insert_new` sorts them out)."""
         if len({op.saga.saga_id for op in creates}) != len(creates):
             return False
-        rows = [new_saga_row(op) for op in creates]
+        rows = [new_saga_row(op, self.codec) for op in creates]
         if not self._all_or_nothing([(_INSERT_NEW + " ON CONFLICT(saga_id) DO NOTHING", rows)]):
             return False
         for op in creates:
             state = op.saga.state
             self._remember(state.saga_id, _hint(state))
-            history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
+            history.append(
+                (state.saga_id, state.seq, op.event.at, encode_event(op.event, self.codec))
+            )
         return True
 
     def _update_guarded(self, saves: list[Save], history: list[tuple[object, ...]]) -> bool:
@@ -241,7 +344,7 @@ class BatchWriter:
         written: list[Hint] = []
         for op in saves:
             state = op.state
-            snapshot = encode_state(state)
+            snapshot = encode_state(state, self.codec)
             hint = _hint(state)
             written.append(hint)
             if hints.get(state.saga_id) == hint:
@@ -275,7 +378,9 @@ class BatchWriter:
         for op, hint in zip(saves, written, strict=True):
             state = op.state
             self._remember(state.saga_id, hint)
-            history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
+            history.append(
+                (state.saga_id, state.seq, op.event.at, encode_event(op.event, self.codec))
+            )
         return True
 
     def _remember(self, saga_id: str, hint: Hint) -> None:
@@ -307,14 +412,20 @@ class BatchWriter:
             found = existing.get(saga.saga_id)
             if found is not None:
                 try:
-                    op.existing = found if isinstance(found, StoredSaga) else stored_saga(*found)
+                    op.existing = (
+                        found
+                        if isinstance(found, StoredSaga)
+                        else stored_saga(found[0], found[1], found[2], found[3], codec=self.codec)
+                    )
                 except CorruptSagaError as exc:
                     op.error = exc
                 continue
             existing[saga.saga_id] = saga  # a duplicate later in this batch sees this one
-            rows.append(new_saga_row(op))
+            rows.append(new_saga_row(op, self.codec))
             self._remember(saga.saga_id, _hint(saga.state))
-            history.append((saga.saga_id, saga.state.seq, op.event.at, encode_event(op.event)))
+            history.append(
+                (saga.saga_id, saga.state.seq, op.event.at, encode_event(op.event, self.codec))
+            )
         if rows:
             self._conn.executemany(_INSERT_NEW, rows)
 
@@ -346,7 +457,7 @@ class BatchWriter:
             indexed = hint[:3]
             stored[state.saga_id] = (state.seq, *indexed)  # a later save in this batch builds on it
             self._remember(state.saga_id, hint)
-            snapshot = encode_state(state)
+            snapshot = encode_state(state, self.codec)
             # SQLite rewrites every index over a column an UPDATE sets, even to the same
             # value: most transitions leave those columns alone, so leave them out. A saga
             # saved twice in one batch takes the full UPDATE both times, to keep its order.
@@ -365,7 +476,9 @@ class BatchWriter:
                         state.saga_id,
                     )
                 )
-            history.append((state.saga_id, state.seq, op.event.at, encode_event(op.event)))
+            history.append(
+                (state.saga_id, state.seq, op.event.at, encode_event(op.event, self.codec))
+            )
             if op.consumed is not None:
                 consumed.append((op.consumed, state.saga_id))
         if narrow:
@@ -390,7 +503,7 @@ class BatchWriter:
                 item.saga_id,
                 item.kind,
                 item.name,
-                item.payload.decode(),
+                seal(item.payload, self.codec),
                 item.key,
                 item.at,
                 item.saga_id,
@@ -419,6 +532,13 @@ class BatchWriter:
                 cursor = self._conn.execute(
                     "INSERT OR IGNORE INTO inbox(saga_id, kind, name, payload, key, at) "
                     "VALUES (?, ?, ?, ?, ?, ?)",
-                    (item.saga_id, item.kind, item.name, item.payload.decode(), item.key, item.at),
+                    (
+                        item.saga_id,
+                        item.kind,
+                        item.name,
+                        seal(item.payload, self.codec),
+                        item.key,
+                        item.at,
+                    ),
                 )
                 op.accepted = cursor.rowcount == 1

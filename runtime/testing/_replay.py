@@ -33,6 +33,7 @@ from saga.store import HistoryEntry, SagaState, Store, StoredSaga
 from .._codec import decode_event
 from .._registry import Registry, not_registered
 from .._writes import stored_saga
+from ..codecs import PayloadCodec
 
 _UNFINISHED = tuple(s.value for s in SagaStatus if s.is_live or s is SagaStatus.SUSPENDED)
 _MARKS = ",".join("?" * len(_UNFINISHED))
@@ -87,6 +88,7 @@ async def replay_check(
     *,
     sagas: Iterable[Saga[Any, Any]],
     schema: str = "sagaloop",
+    codec: PayloadCodec | None = None,
 ) -> ReplayReport:
     """Check every unfinished (or suspended) saga in `database` against `sagas`.
 
@@ -98,10 +100,11 @@ async def replay_check(
     to roll back), and a row that cannot be read. Runs no action and writes
     nothing. Raises `DefinitionError` for two definitions of one name and
     version, `FileNotFoundError` for a path that holds no Sagaloop database.
+    `codec` opens values a payload codec wrote (a store brings its own).
     """
     registry = Registry(sagas)
     report = ReplayReport()
-    async with _open(database, schema) as source:
+    async with _open(database, schema, codec) as source:
         async for saga_id, saga_name, read in source.unfinished():
             if saga_name not in registry:
                 report.skipped[saga_name] = report.skipped.get(saga_name, 0) + 1
@@ -187,7 +190,9 @@ class _Reader(Protocol):
 
 
 @contextlib.asynccontextmanager
-async def _open(database: str | os.PathLike[str] | Store, schema: str) -> AsyncIterator[_Reader]:
+async def _open(
+    database: str | os.PathLike[str] | Store, schema: str, codec: PayloadCodec | None
+) -> AsyncIterator[_Reader]:
     if not isinstance(database, str | os.PathLike):
         yield _StoreReader(database)
         return
@@ -200,7 +205,7 @@ async def _open(database: str | os.PathLike[str] | Store, schema: str) -> AsyncI
     else:
         source = _SqliteSource(Path(text))
     try:
-        yield _RowReader(source)
+        yield _RowReader(source, codec)
     finally:
         await source.close()
 
@@ -208,17 +213,20 @@ async def _open(database: str | os.PathLike[str] | Store, schema: str) -> AsyncI
 class _RowReader:
     """Unfinished sagas straight from the rows (read-only SQL)."""
 
-    def __init__(self, source: _Source) -> None:
+    def __init__(self, source: _Source, codec: PayloadCodec | None) -> None:
         self._source = source
+        self._codec = codec
 
     async def unfinished(self) -> AsyncIterator[tuple[str, str, _Read]]:
         for saga_id, saga_name, input_text, snapshot, seq in await self._source.fetch(
             _SELECT_UNFINISHED, _UNFINISHED
         ):
             try:
-                stored = stored_saga(saga_id, saga_name, input_text, snapshot, seq)
+                stored = stored_saga(
+                    saga_id, saga_name, input_text, snapshot, seq, codec=self._codec
+                )
                 history = [
-                    HistoryEntry(int(number), decode_event(saga_id, event))
+                    HistoryEntry(int(number), decode_event(saga_id, event, self._codec))
                     for number, event in await self._source.fetch(_SELECT_HISTORY, (saga_id,))
                 ]
             except CorruptSagaError as exc:
@@ -231,7 +239,8 @@ class _RowReader:
         if not rows:
             return None
         try:
-            return stored_saga(*rows[0])
+            sid, name, input_text, snapshot, seq = rows[0]
+            return stored_saga(sid, name, input_text, snapshot, seq, codec=self._codec)
         except CorruptSagaError:
             return None
 

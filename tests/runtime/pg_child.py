@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -152,7 +153,9 @@ async def _run(args: argparse.Namespace) -> None:
             if not args.no_spawn:
                 await _spawn_all(rt, args, ids)
                 for sid in naps:
-                    await rt.spawn(nap, {"wake_at": args.wake_at}, saga_id=sid)
+                    # --wake-in: a due time counted from the spawn, however slow the start
+                    wake_at = time.time() + args.wake_in if args.wake_in else args.wake_at
+                    await rt.spawn(nap, {"wake_at": wake_at}, saga_id=sid)
             _say(READY)
             with anyio.fail_after(args.timeout):
                 await _wait_all(rt, ids + naps)
@@ -179,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--share", type=_share, default=None, help="INDEX/COUNT, with --start-file")
     parser.add_argument("--naps", type=int, default=0)
     parser.add_argument("--wake-at", type=float, default=0.0)
+    parser.add_argument("--wake-in", type=float, default=0.0)
     parser.add_argument("--keep-warm", type=float, default=1.0)
     parser.add_argument("--timeout", type=float, default=60.0)
     args = parser.parse_args(argv)

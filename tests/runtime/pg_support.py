@@ -301,6 +301,7 @@ async def pg_child(
     no_spawn: bool = False,
     naps: int = 0,
     wake_at: float = 0.0,
+    wake_in: float = 0.0,
     keep_warm: float = 1.0,
     timeout: float = 60.0,
     start_file: Path | None = None,
@@ -333,6 +334,8 @@ async def pg_child(
         str(naps),
         "--wake-at",
         repr(wake_at),
+        "--wake-in",
+        repr(wake_in),
         "--keep-warm",
         str(keep_warm),
     ]

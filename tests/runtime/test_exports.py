@@ -171,6 +171,7 @@ AUTHORING = {
 STORE_SPI = {
     "Store",
     "SharedStore",
+    "RetainingStore",
     "StoredSaga",
     "SagaState",
     "StepState",
@@ -206,7 +207,8 @@ RUNTIME_NAMES = {
     *("PayloadError", "RuntimeNotRunningError", "SagaCompensated", "SagaEndedError"),
     *("SagaError", "SagaFailed", "SagaNotFound", "SagaNotSuspendedError", "SagaSuspendedError"),
     *("SchemaVersionError", "StaleStateError", "StoreClosedError", "StoreError"),
-    *("StoreLockedError", "UnknownSignalError", "UnregisteredSagaError"),
+    *("StoreLockedError", "UnknownSignalError", "UnregisteredSagaError", "SagaPrunedError"),
+    "CodecError",
 }
 
 

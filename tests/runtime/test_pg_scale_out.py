@@ -567,7 +567,6 @@ async def test_a_timer_of_a_dead_runtime_fires_on_another(pg_dsn: str, tmp_path:
     await prepare_database(pg_dsn)
     ledger = tmp_path / "ledger.db"
     prepare_ledger(ledger)
-    wake_at = time.time() + 2.0
     services = Ledger(ledger)
     try:
         store = PostgresStore(pg_dsn, lease=LEASE, poll_interval=POLL, name="heir")
@@ -582,11 +581,13 @@ async def test_a_timer_of_a_dead_runtime_fires_on_another(pg_dsn: str, tmp_path:
                 lease=LEASE,
                 poll=POLL,
                 naps=1,
-                wake_at=wake_at,
+                wake_in=3.0,  # from its spawn: a slow start must not make it due already
                 keep_warm=60.0,
             ) as sleeper:
                 sleeper_id = await sleeper.ready()
                 await status_is(heir, "nap-000", "waiting")
+                wake_at = (await heir.status("nap-000")).wake_at
+                assert wake_at is not None
                 # The sleeper keeps the timer in memory and the saga as its own.
                 assert await owner_of(pg_dsn, "nap-000") == sleeper_id
                 assert await sleeper.child.kill()

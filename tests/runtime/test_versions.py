@@ -214,8 +214,11 @@ async def test_a_database_from_before_versions_gets_each_sagas_version(tmp_path:
         await until_status(rt, "two", SagaStatus.WAITING)
         await until_status(rt, "one", SagaStatus.WAITING)
     with sqlite3.connect(db) as conn:  # back to schema 3: no version column
+        conn.execute("DROP INDEX sagas_by_age")  # migration 5
+        conn.execute("DROP TABLE tombstones")
+        conn.execute("ALTER TABLE sagas DROP COLUMN parent_id")
         conn.execute("ALTER TABLE sagas DROP COLUMN version")
-        conn.execute("DELETE FROM schema_version WHERE version = 4")
+        conn.execute("DELETE FROM schema_version WHERE version >= 4")
         conn.execute("UPDATE sagas SET snapshot = 'not json' WHERE saga_id = 'one'")
     async with Runtime(db, sagas=[CODE_V1, CODE_V2]) as rt:
         versions = {item.saga_id: item.version for item in (await rt.list()).items}

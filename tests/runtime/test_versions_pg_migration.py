@@ -29,9 +29,12 @@ async def test_migration_2_takes_the_version_of_the_snapshot_not_of_a_step_resul
         await until_status(rt, 'o"dd\\', SagaStatus.WAITING)
     conn = await asyncpg.connect(pg_dsn, server_settings={"search_path": "sagaloop"})
     try:  # back to schema 1, as a database from before versions
+        await conn.execute("DROP TABLE tombstones")  # migration 3
+        await conn.execute("DROP INDEX sagas_by_age")
+        await conn.execute("ALTER TABLE sagas DROP COLUMN parent_id")
         await conn.execute("ALTER TABLE sagas DROP COLUMN version")
         await conn.execute("ALTER TABLE runtimes DROP COLUMN sagas")
-        await conn.execute("DELETE FROM schema_version WHERE version = 2")
+        await conn.execute("DELETE FROM schema_version WHERE version >= 2")
     finally:
         await conn.close()
     async with Runtime(pg_dsn, sagas=[LISTED, ODD_V3]) as rt:
