@@ -9,16 +9,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
 
 import anyio
 import anyio.lowlevel
 
 from saga import Clock, StoreError
+from saga.store import Prunable
 
 from ._retention import DEFAULT_STATUSES, PAGE
 
-PACED_PAGE = 25
+PACED_PAGE = 100
 """Sagas per page in the background: each page a few milliseconds of the writer's time."""
 
 logger = logging.getLogger("runtime.retention")
@@ -27,27 +27,8 @@ DEFAULT_TOMBSTONE_WINDOW = 30 * 86400.0
 """How long a pruned saga's tombstone keeps its id from starting again: 30 days."""
 
 
-@runtime_checkable
-class Pages(Protocol):
-    """What pruning needs of a store (`saga.store.RetainingStore` has it; so has the
-    CLI's direct access to a database)."""
-
-    async def prune_page(
-        self,
-        status: str,
-        *,
-        ended_before: float,
-        now: float,
-        after: tuple[float, str] | None = None,
-        limit: int = 200,
-        tombstones_before: float | None = None,
-    ) -> tuple[int, tuple[float, str] | None]: ...
-
-    async def count_prunable(self, statuses: Sequence[str], ended_before: float) -> int: ...
-
-
-def retaining(store: object) -> Pages:
-    if not isinstance(store, Pages):
+def retaining(store: object) -> Prunable:
+    if not isinstance(store, Prunable):
         raise TypeError(f"{type(store).__name__} cannot prune ended sagas (no prune_page)")
     return store
 
@@ -69,8 +50,9 @@ class Pruner:
         children follow their parent in the next pass, so passes run until one deletes
         nothing (the cutoff is fixed: newer sagas are never candidates).
 
-        `paced`: after each page, rest twice as long as it took, so that pruning takes
-        at most a third of the writer's time, whatever the backlog (background work)."""
+        `paced`: after each page, rest as long as it took (its wait for the writer
+        included), so that pruning rides at most every other batch, whatever the
+        backlog (background work)."""
         store = retaining(self.store)
         now = self.clock.now()
         cutoff = now - older_than
@@ -96,7 +78,7 @@ class Pruner:
                     if after is None:
                         break
                     if paced:
-                        await anyio.sleep(2 * (time.perf_counter() - began))
+                        await anyio.sleep(time.perf_counter() - began)
                     else:
                         await anyio.lowlevel.checkpoint()
             total += pruned

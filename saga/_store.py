@@ -206,8 +206,8 @@ class Store(Protocol):
 
 
 @runtime_checkable
-class RetainingStore(Store, Protocol):
-    """A store that can delete ended sagas (both of Sagaloop's can): retention.
+class Prunable(Protocol):
+    """What retention needs of a store: pages of a pruning pass, and a dry run.
 
     Pruning goes in passes over the ended sagas of one status by age, a page per call,
     each page in its own short write; each pruned saga leaves a tombstone that keeps
@@ -232,6 +232,11 @@ class RetainingStore(Store, Protocol):
     async def count_prunable(self, statuses: Sequence[str], ended_before: float) -> int:
         """How many sagas pruning would delete now (a dry run)."""
         ...
+
+
+@runtime_checkable
+class RetainingStore(Store, Prunable, Protocol):
+    """A store that can delete ended sagas (both of Sagaloop's can): retention."""
 
 
 @runtime_checkable

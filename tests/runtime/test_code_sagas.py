@@ -40,14 +40,6 @@ from saga.store import InboxItem, SagaState
 from tests.runtime.long_running_helpers import WAIT, until, until_status
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        dsn: str = request.getfixturevalue("pg_dsn")
-        return dsn
-    return str(tmp_path / "sagas.db")
-
-
 class Order(msgspec.Struct, frozen=True):
     id: str
     total: int

@@ -54,14 +54,6 @@ async def body(ctx: SagaContext, order: dict[str, Any]) -> str:
 ORDER = Saga("order", body)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        dsn: str = request.getfixturevalue("pg_dsn")
-        return dsn
-    return str(tmp_path / "sagas.db")
-
-
 async def raw_text(database: str) -> str:
     """Everything the database holds, as text: the files' bytes, or every table's rows."""
     if database.startswith("postgresql://"):

@@ -172,6 +172,7 @@ STORE_SPI = {
     "Store",
     "SharedStore",
     "RetainingStore",
+    "Prunable",
     "StoredSaga",
     "SagaState",
     "StepState",

@@ -68,14 +68,6 @@ KEPT: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        dsn: str = request.getfixturevalue("pg_dsn")
-        return dsn
-    return str(tmp_path / "sagas.db")
-
-
 async def _settle(rt: Runtime) -> None:
     for saga_id, plan in {**ENDED, **KEPT}.items():
         handle = await rt.spawn(ORDER, plan, saga_id=saga_id)
