@@ -18,7 +18,7 @@ from saga.engine import Event
 from saga.store import SagaState
 
 from ._errors import CodecError
-from .codecs import PayloadCodec
+from .codecs import PayloadCodec, UnknownKeyError
 
 _encoder = msgspec.json.Encoder()
 _state_decoder = msgspec.json.Decoder(SagaState)
@@ -56,7 +56,8 @@ def unseal(saga_id: str, column: str | bytes, codec: PayloadCodec | None, what: 
     try:
         return codec.decode(sealed)
     except Exception as exc:  # a codec's failure, whatever it is, is this saga's alone
-        raise CodecError(saga_id, f"its {what} cannot be decoded: {exc}") from exc
+        unknown_key = isinstance(exc, UnknownKeyError)
+        raise CodecError(saga_id, f"its {what} cannot be decoded: {exc}", unknown_key) from exc
 
 
 def readable_input(column: object, codec: PayloadCodec | None) -> bytes | None:

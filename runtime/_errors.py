@@ -114,4 +114,9 @@ class UnknownSignalError(SagaError, LookupError):
 class CodecError(CorruptSagaError, PayloadError):
     """A stored value the payload codec cannot open: written under a key not given here,
     altered, or encoded while this runtime has no codec. The saga is suspended with this
-    reason (never run on what it cannot read); give the key and `Runtime.resume` it."""
+    reason (never run on what it cannot read); give the key and `Runtime.resume` it.
+    `missing_key`: the codec or key is missing here (not a value altered)."""
+
+    def __init__(self, saga_id: str, detail: str, missing_key: bool = False) -> None:
+        super().__init__(saga_id, detail)
+        self.missing_key = missing_key

@@ -85,6 +85,9 @@ class SagaInfo:
     input: Any = None
     """Its input as spawned, decoded from JSON (dicts and lists; opened by the payload
     codec when one sealed it)."""
+    encrypted: bool = False
+    """Its values are sealed by a payload codec this runtime cannot open (no codec, or
+    not its key): only the columns kept in clear are shown, `input` is `<encrypted>`."""
 
     def timeline(self) -> list[str]:
         """The history as readable lines, one per thing that happened."""
@@ -132,6 +135,35 @@ def saga_info(
         children=tuple(info.child_id for info in steps if info.child_id is not None),
         version=state.definition_version,
         input=_input(state.saga_id, input),
+    )
+
+
+ENCRYPTED = "<encrypted>"
+
+
+def sealed_info(saga: Saga, row: SagaRow) -> SagaInfo:
+    """What can be said of a saga whose values this runtime cannot open: its columns."""
+    return SagaInfo(
+        saga_id=row.saga_id,
+        saga_name=row.saga_name,
+        status=SagaStatus(row.status),
+        current_step=None,
+        attempts=0,
+        last_error=None,
+        failed_step=None,
+        failure=None,
+        steps=(),
+        wake_at=row.wake_at,
+        waiting_for=row.waiting_for,
+        suspended_reason=None,
+        recoveries=0,
+        started_at=0.0,
+        updated_at=row.updated_at,
+        history=(),
+        _definition=saga,
+        version=row.version,
+        input=ENCRYPTED,
+        encrypted=True,
     )
 
 

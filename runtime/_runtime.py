@@ -36,6 +36,7 @@ from saga.engine import check_size, decode_payload, encode_payload
 from saga.store import InboxItem, SagaRow, SagaState, StaleStateError, Store
 
 from ._errors import (
+    CodecError,
     DuplicateSagaError,
     RuntimeNotRunningError,
     SagaCompensated,
@@ -48,7 +49,15 @@ from ._errors import (
 )
 from ._handle import SagaHandle
 from ._host import SagaHost
-from ._info import STATUS_VALUES, SagaInfo, SagaPage, SagaSummary, row_problem, saga_info
+from ._info import (
+    STATUS_VALUES,
+    SagaInfo,
+    SagaPage,
+    SagaSummary,
+    row_problem,
+    saga_info,
+    sealed_info,
+)
 from ._pruner import DEFAULT_TOMBSTONE_WINDOW, Pruner
 from ._registry import Registry, stand_in
 from ._retention import DEFAULT_STATUSES, check_statuses
@@ -377,21 +386,47 @@ class Runtime:
         """The saga's stored state and history.
 
         Raises `SagaNotFound` for an unknown id, `CorruptSagaError` for an
-        undecodable snapshot, `UnregisteredSagaError` if this runtime was not
-        given the saga's definition. A version of it not given here is read
-        through a stand-in: statuses, errors and times as stored, a step
-        list's steps named `step-1`, `step-2`... (their names are its version's).
+        undecodable snapshot (`CodecError` for an altered sealed one; one sealed
+        under a key or codec this runtime lacks reads as its clear columns,
+        `encrypted=True`, input `<encrypted>`),
+        `UnregisteredSagaError` if this runtime was not given the saga's definition.
+        A version of it not given here is read through a stand-in: statuses, errors
+        and times as stored, a step list's steps named `step-1`, `step-2`... (their
+        names are its version's).
         """
         self._check_running()
         _check_lookup(saga_id)
-        stored = await self._store.load(saga_id)
-        history = await self._store.history(saga_id)
+        try:
+            stored = await self._store.load(saga_id)
+            history = await self._store.history(saga_id)
+        except CodecError as exc:
+            sealed = await self._sealed_status(saga_id) if exc.missing_key else None
+            if sealed is None:
+                raise
+            return sealed
         definition = self._definition_or_stand_in(stored.state)
         if stored.state.partial:  # a code saga: its calls come back from its history
             # It may have moved on between the two reads: the history up to the snapshot.
             history = [entry for entry in history if entry.seq <= stored.state.seq]
         complete = engine.complete(definition, stored, history)
         return saga_info(definition, complete, history, stored.input)
+
+    async def _sealed_status(self, saga_id: str) -> SagaInfo | None:
+        """The status of a saga whose values the codec cannot open, from its clear columns
+        (None: the store cannot say, or the row is not one)."""
+        read_row = getattr(self._store, "row", None)
+        row = await read_row(saga_id) if read_row is not None else None
+        if row is None or row_problem(row) is not None:
+            return None
+        if row.saga_name not in self._sagas:
+            raise UnregisteredSagaError(
+                f"saga {row.saga_name!r} is not one of this runtime's sagas"
+            )
+        definition = self._sagas.get(row.saga_name, row.version) or self._sagas.newest(
+            row.saga_name
+        )
+        assert definition is not None
+        return sealed_info(definition, row)
 
     async def prune(
         self,

@@ -26,7 +26,12 @@ from typing import Protocol, runtime_checkable
 
 from saga import PayloadError
 
-__all__ = ("PayloadCodec", "Compression", "AesGcm", "chain", "load_key_file")
+__all__ = ("PayloadCodec", "Compression", "AesGcm", "chain", "load_key_file", "UnknownKeyError")
+
+
+class UnknownKeyError(PayloadError):
+    """A value was written under a key this codec does not have (a status can then show
+    what is kept in clear; an altered value is a plain `PayloadError`)."""
 
 
 @runtime_checkable
@@ -140,7 +145,7 @@ class AesGcm:
         key_id = data[2 : 2 + size].decode("utf-8", "backslashreplace")
         cipher = self._ciphers.get(key_id)
         if cipher is None:
-            raise PayloadError(
+            raise UnknownKeyError(
                 f"a value is encrypted under key {key_id!r}, which is not among this "
                 f"codec's keys ({', '.join(self.key_ids)})"
             )

@@ -384,6 +384,16 @@ class SqliteStore:
         )
         return [UnfinishedSaga(saga_id, saga_name) for saga_id, saga_name in rows]
 
+    async def row(self, saga_id: str) -> SagaRow | None:
+        """The saga's columns that stay in clear (for a status without the codec's key)."""
+        rows = await _fetch(
+            self._read_conn(),
+            "SELECT saga_id, saga_name, status, waiting_for, wake_at, updated_at, version "
+            "FROM sagas WHERE saga_id=?",
+            (saga_id,),
+        )
+        return SagaRow(*rows[0]) if rows else None
+
     async def quarantine_reason(self, saga_id: str) -> str | None:
         """Why a saga was quarantined (its snapshot could not be decoded), if it was."""
         rows = await _fetch(

@@ -148,6 +148,11 @@ async def test_a_missing_key_suspends_that_saga_and_resumes_once_given(database:
     async with Runtime(database, sagas=[ORDER], codec=codec("k2")) as rt:
         with pytest.raises(CodecError, match="'k1'"):
             await rt.signal("k1-saga", "approve", "yes")  # not run on what it cannot read
+        blind = await rt.status("k1-saga")  # its clear columns, nothing else
+        assert blind.encrypted
+        assert blind.input == "<encrypted>"
+        assert blind.status is SagaStatus.WAITING
+        assert blind.waiting_for == "approve"
         assert await (await rt.spawn(ORDER, {"note": "k2"}, saga_id="k2-saga")).result(timeout=WAIT)
         summary = {item.saga_id: item.status for item in (await rt.list()).items}
         assert summary["k2-saga"] is SagaStatus.COMPLETED
