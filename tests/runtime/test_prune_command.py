@@ -1,9 +1,9 @@
-"""`python -m runtime prune`: beside a running runtime, and SIGKILLed mid-pass."""
+"""`python -m runtime prune`: beside a running runtime, and SIGKILLed mid-pass (SQLite and
+PostgreSQL)."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
+import asyncpg
 import pytest
 
 from runtime import Runtime, SagaNotFound
@@ -101,68 +103,89 @@ def test_prune_refuses_what_is_not_a_sagaloop_database(tmp_path: Path) -> None:
     assert "not a duration" in bad.stderr
 
 
-SAGAS = 40_000
+SAGAS = {"sqlite": 40_000, "postgres": 10_000}
+"""Enough that a kill lands mid-pass (PostgreSQL commits a page more slowly)."""
 
 
-def _fill(db: Path) -> None:
-    """SAGAS completed sagas with three history rows each, written straight to the file."""
+async def _fill(database: str, count: int) -> None:
+    """`count` completed sagas with three history rows each, written straight in."""
     now = time.time() - 3600
-    with sqlite3.connect(db) as conn:
-        conn.executemany(
-            "INSERT INTO sagas(saga_id, saga_name, status, seq, input, snapshot, created_at, "
-            "updated_at) VALUES (?, 'quick', 'completed', 3, ?, '{}', ?, ?)",
-            ((f"s{n:06}", str(n), now + n * 1e-3, now + n * 1e-3) for n in range(SAGAS)),
+    sagas = [
+        (f"s{n:06}", "quick", "completed", 3, str(n), "{}", now + n * 1e-3, now + n * 1e-3)
+        for n in range(count)
+    ]
+    history = [(f"s{n:06}", seq, now, "{}") for n in range(count) for seq in (1, 2, 3)]
+    saga_columns = (
+        "saga_id",
+        "saga_name",
+        "status",
+        "seq",
+        "input",
+        "snapshot",
+        "created_at",
+        "updated_at",
+    )
+    if database.startswith("postgresql://"):
+        conn = await asyncpg.connect(database, server_settings={"search_path": "sagaloop"})
+        try:
+            await conn.copy_records_to_table("sagas", records=sagas, columns=saga_columns)
+            await conn.copy_records_to_table(
+                "history", records=history, columns=("saga_id", "seq", "at", "event")
+            )
+        finally:
+            await conn.close()
+        return
+    with sqlite3.connect(database) as lite:
+        lite.executemany(
+            f"INSERT INTO sagas({', '.join(saga_columns)}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", sagas
         )
-        conn.executemany(
-            "INSERT INTO history(saga_id, seq, at, event) VALUES (?, ?, ?, '{}')",
-            ((f"s{n:06}", seq, now) for n in range(SAGAS) for seq in (1, 2, 3)),
+        lite.executemany(
+            "INSERT INTO history(saga_id, seq, at, event) VALUES (?, ?, ?, ?)", history
         )
 
 
-def _counts(db: Path) -> tuple[int, int, int, int]:
+_COUNTS = (
+    "SELECT (SELECT count(*) FROM sagas), (SELECT count(*) FROM tombstones), "
+    "(SELECT count(*) FROM history WHERE saga_id IN (SELECT saga_id FROM tombstones)), "
+    "(SELECT count(*) FROM sagas s WHERE (SELECT count(*) FROM history h "
+    "WHERE h.saga_id = s.saga_id) <> 3)"
+)
+
+
+async def _counts(database: str) -> tuple[int, int, int, int]:
     """(sagas, tombstones, history rows of a pruned saga, sagas missing history rows)."""
-    with sqlite3.connect(db) as conn:
-        sagas = conn.execute("SELECT count(*) FROM sagas").fetchone()[0]
-        tombs = conn.execute("SELECT count(*) FROM tombstones").fetchone()[0]
-        orphans = conn.execute(
-            "SELECT count(*) FROM history WHERE saga_id IN (SELECT saga_id FROM tombstones)"
-        ).fetchone()[0]
-        partial = conn.execute(
-            "SELECT count(*) FROM sagas s WHERE (SELECT count(*) FROM history h "
-            "WHERE h.saga_id = s.saga_id) <> 3"
-        ).fetchone()[0]
+    if database.startswith("postgresql://"):
+        conn = await asyncpg.connect(database, server_settings={"search_path": "sagaloop"})
+        try:
+            row = await conn.fetchrow(_COUNTS)
+        finally:
+            await conn.close()
+        assert row is not None
+        return row[0], row[1], row[2], row[3]
+    with sqlite3.connect(database) as lite:
+        sagas, tombs, orphans, partial = lite.execute(_COUNTS).fetchone()
     return sagas, tombs, orphans, partial
 
 
-def test_a_prune_sigkilled_mid_pass_leaves_every_saga_whole_or_gone(tmp_path: Path) -> None:
-    db = tmp_path / "big.db"
-    anyio.run(_create_schema, db)
-    _fill(db)
-    child = subprocess.Popen(
-        [sys.executable, "-m", "runtime", "prune", str(db), "--older-than", "1s"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + WAIT
-        while _counts(db)[1] == 0:  # its first pages commit in another process
-            assert time.monotonic() < deadline, "the prune never committed a page"
-            time.sleep(0.002)
-        os.kill(child.pid, signal.SIGKILL)
-    finally:
-        child.wait()
+async def test_a_prune_sigkilled_mid_pass_leaves_every_saga_whole_or_gone(database: str) -> None:
+    count = SAGAS["postgres" if database.startswith("postgresql://") else "sqlite"]
+    async with Runtime(database, sagas=[QUICK]):  # the schema
+        pass
+    await _fill(database, count)
+    command = [sys.executable, "-m", "runtime", "prune", database, "--older-than", "1s"]
+    async with await anyio.open_process(command) as child:
+        with anyio.fail_after(WAIT):
+            while (await _counts(database))[1] == 0:  # noqa: ASYNC110 - another process's commit
+                await anyio.sleep(0.002)
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
     assert child.returncode == -signal.SIGKILL, "the prune ended before the kill"
-    sagas, tombs, orphans, partial = _counts(db)
-    assert 0 < tombs < SAGAS  # it was killed half-way
-    assert sagas + tombs == SAGAS  # each saga is whole or gone with its tombstone
+    sagas, tombs, orphans, partial = await _counts(database)
+    assert 0 < tombs < count  # it was killed half-way
+    assert sagas + tombs == count  # each saga is whole or gone with its tombstone
     assert orphans == 0
     assert partial == 0
-    again = cli("prune", str(db), "--older-than", "1s")  # the next run finishes the job
-    assert again.returncode == 0, again.stderr
+    again = await anyio.to_thread.run_sync(cli, "prune", database, "--older-than", "1s")
+    assert again.returncode == 0, again.stderr  # the next run finishes the job
     assert int(again.stdout.split()[1]) == sagas
-    assert _counts(db) == (0, SAGAS, 0, 0)
-
-
-async def _create_schema(db: Path) -> None:
-    async with Runtime(db, sagas=[QUICK]):
-        pass
+    assert await _counts(database) == (0, count, 0, 0)
