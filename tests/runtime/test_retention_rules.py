@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from tempfile import TemporaryDirectory
+from typing import Any
 
 import anyio.to_thread
 from hypothesis import HealthCheck, given, settings
@@ -100,18 +101,23 @@ def write_rows(conn: sqlite3.Connection, rows: list[Row]) -> None:
             )
 
 
+async def dry_then_real(store: Any, statuses: tuple[str, ...], page: int) -> tuple[int, int]:
+    """(how many a dry run counts, how many a prune deletes) in pages of `page` sagas."""
+    original = store.prune_page
+
+    async def small_pages(status: str, **kwargs: object) -> tuple[int, object]:
+        kwargs["limit"] = page
+        return await original(status, **kwargs)  # type: ignore[no-any-return]
+
+    store.prune_page = small_pages
+    pruner = Pruner(store, VirtualClock(NOW), tombstone_window=1e9)
+    would = await pruner.prune(CUTOFF_AGE, statuses, dry_run=True)
+    return would, await pruner.prune(CUTOFF_AGE, statuses, dry_run=False)
+
+
 async def prune(path: Path, statuses: tuple[str, ...], page: int) -> tuple[int, int]:
     async with SqliteStore(path) as store:
-        original = store.prune_page
-
-        async def small_pages(status: str, **kwargs: object) -> tuple[int, object]:
-            kwargs["limit"] = page
-            return await original(status, **kwargs)  # type: ignore[arg-type]
-
-        store.prune_page = small_pages  # type: ignore[assignment,method-assign]
-        pruner = Pruner(store, VirtualClock(NOW), tombstone_window=1e9)
-        would = await pruner.prune(CUTOFF_AGE, statuses, dry_run=True)
-        return would, await pruner.prune(CUTOFF_AGE, statuses, dry_run=False)
+        return await dry_then_real(store, statuses, page)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -188,16 +194,7 @@ async def _pg_example(dsn: str, rows: list[Row], statuses: tuple[str, ...], page
                     updated,
                 )
         async with PostgresStore(dsn) as store:
-            original = store.prune_page
-
-            async def small_pages(status: str, **kwargs: object) -> tuple[int, object]:
-                kwargs["limit"] = page
-                return await original(status, **kwargs)  # type: ignore[arg-type]
-
-            store.prune_page = small_pages  # type: ignore[assignment,method-assign]
-            pruner = Pruner(store, VirtualClock(NOW), tombstone_window=1e9)
-            would = await pruner.prune(CUTOFF_AGE, statuses, dry_run=True)
-            pruned = await pruner.prune(CUTOFF_AGE, statuses, dry_run=False)
+            would, pruned = await dry_then_real(store, statuses, page)
         left = {r[0] for r in await conn.fetch("SELECT saga_id FROM sagas")}
         history = {r[0] for r in await conn.fetch("SELECT saga_id FROM history")}
         tombs = {r[0] for r in await conn.fetch("SELECT saga_id FROM tombstones")}
