@@ -15,7 +15,6 @@ from pathlib import Path
 
 from saga import SystemClock
 
-from ._codec import readable_input
 from ._pruner import DEFAULT_TOMBSTONE_WINDOW, Pruner
 from ._retention import PAGE, Cursor, Prune
 from .codecs import PayloadCodec
@@ -45,8 +44,7 @@ class _SqlitePages:
         from .sqlite._writer import Batch, BatchWriter
 
         self._batch = Batch
-        self._writer = BatchWriter(path, "FULL", busy_timeout)
-        self._writer.codec = codec
+        self._writer = BatchWriter(path, "FULL", busy_timeout, codec)
 
     def close(self) -> None:
         self._writer.close()
@@ -82,9 +80,6 @@ class _PostgresPages:
         self._conn = conn
         self._codec = codec
 
-    def _plain_input(self, column: object) -> bytes | None:
-        return readable_input(column, self._codec)
-
     async def prune_page(
         self,
         status: str,
@@ -98,7 +93,7 @@ class _PostgresPages:
         from .postgres._pruning import prune_page
 
         op = Prune(status, ended_before, now, after, limit, tombstones_before)
-        await prune_page(self._conn, op, self._plain_input)  # type: ignore[arg-type]
+        await prune_page(self._conn, op, self._codec)  # type: ignore[arg-type]
         return op.pruned, op.cursor
 
     async def count_prunable(self, statuses: Sequence[str], ended_before: float) -> int:

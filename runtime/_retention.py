@@ -15,12 +15,14 @@ Both stores prune the same way, in passes over the ended sagas of one status by 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from saga import SagaStatus
 
+from ._codec import readable_input
 from ._errors import DuplicateSagaError, SagaPrunedError
+from .codecs import PayloadCodec
 
 PRUNABLE = frozenset({"completed", "compensated", "failed"})
 """Statuses `prune` may delete: ended ones. A suspended saga may hold effects to undo."""
@@ -110,15 +112,14 @@ class Page:
     tombstones: list[tuple[str, str, str, float]] = field(default_factory=list)
 
 
-def plan_page(
-    op: Prune, rows: list[Candidate], plain_input: Callable[[object], bytes | None]
-) -> Page:
-    """Which of the page's rows go, and where the pass stands after it."""
+def plan_page(op: Prune, rows: list[Candidate], codec: PayloadCodec | None) -> Page:
+    """Which of the page's rows go, and where the pass stands after it (`codec` opens
+    the inputs for their tombstones' digests)."""
     page = Page()
     for row in rows:
         if row.prunable:
             page.gone.append(row.saga_id)
-            digest = input_digest(plain_input(row.input))
+            digest = input_digest(readable_input(row.input, codec))
             page.tombstones.append((row.saga_id, row.saga_name, digest, op.now))
     op.pruned = len(page.gone)
     op.cursor = (rows[-1].created_at, rows[-1].saga_id) if len(rows) == op.limit else None

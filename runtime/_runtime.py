@@ -418,14 +418,10 @@ class Runtime:
         row = await read_row(saga_id) if read_row is not None else None
         if row is None or row_problem(row) is not None:
             return None
-        if row.saga_name not in self._sagas:
-            raise UnregisteredSagaError(
-                f"saga {row.saga_name!r} is not one of this runtime's sagas"
-            )
-        definition = self._sagas.get(row.saga_name, row.version) or self._sagas.newest(
+        # Its own version labels it when given; any of its name will do (it shows no steps).
+        definition = self._sagas.get(row.saga_name, row.version) or self._sagas.resolve(
             row.saga_name
         )
-        assert definition is not None
         return sealed_info(definition, row)
 
     async def prune(

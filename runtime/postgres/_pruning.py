@@ -7,10 +7,11 @@ delete the same saga, and neither waits for the other.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .._retention import Candidate, Prune, plan_page, refuse_pruned
 from .._writes import Create
+from ..codecs import PayloadCodec
 from ._connections import Connection
 
 _PAGE = """
@@ -57,16 +58,14 @@ SELECT count(*) FROM gone
 """
 
 
-async def prune_page(
-    conn: Connection, op: Prune, plain_input: Callable[[object], bytes | None]
-) -> None:
+async def prune_page(conn: Connection, op: Prune, codec: PayloadCodec | None) -> None:
     at, after_id = op.after if op.after is not None else (float("-inf"), "")
     async with conn.transaction():
         rows = [
             Candidate(row[0], row[1], row[2], row[3], bool(row[4]))
             for row in await conn.fetch(_PAGE, op.status, op.ended_before, at, after_id, op.limit)
         ]
-        page = plan_page(op, rows, plain_input)
+        page = plan_page(op, rows, codec)
         if page.gone:
             await conn.execute(_DELETE, page.gone)
             ids, names, digests, times = zip(*page.tombstones, strict=True)

@@ -42,7 +42,7 @@ from saga.store import (
     UnfinishedSaga,
 )
 
-from .._codec import decode_event, readable_input, unseal
+from .._codec import decode_event, unseal
 from .._errors import SagaPrunedError, StoreClosedError
 from .._info import not_a_time
 from .._listing import listing_query
@@ -422,9 +422,6 @@ class PostgresStore(Ownership):
             raise await self._not_found(saga_id)
         return [HistoryEntry(seq, decode_event(saga_id, event, self.codec)) for seq, event in rows]
 
-    def _plain_input(self, column: object) -> bytes | None:
-        return readable_input(column, self.codec)
-
     async def _not_found(self, saga_id: str) -> SagaNotFound:
         """`SagaPrunedError` for an id retention pruned, else `SagaNotFound`."""
         if await self._fetch("SELECT 1 FROM tombstones WHERE saga_id = $1", saga_id):
@@ -449,7 +446,7 @@ class PostgresStore(Ownership):
 
         async def attempt() -> None:
             async with borrowed(self._open_pool()) as conn:
-                await prune_page(conn, op, self._plain_input)
+                await prune_page(conn, op, self.codec)
 
         try:
             await self._with_reconnect("prune", attempt)

@@ -142,9 +142,8 @@ class SqliteStore:
         try:
             self._thread = WriterThread(f"sagaloop-sqlite-writer {self.path.name}")
             self._writer = await self._thread.run(
-                BatchWriter, self.path, self.synchronous, self.busy_timeout
+                BatchWriter, self.path, self.synchronous, self.busy_timeout, self.codec
             )
-            self._writer.codec = self.codec
             self._reader = await aiosqlite.connect(self.path, isolation_level=None)
             await self._reader.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
         except BaseException:

@@ -21,7 +21,7 @@ from pathlib import Path
 from saga import CorruptSagaError, SagaEndedError, SagaNotFound, SagaStatus, StoreError
 from saga.store import SagaState, StaleStateError, StoredSaga
 
-from .._codec import encode_event, encode_state, readable_input, seal
+from .._codec import encode_event, encode_state, seal
 from .._latch import Latch
 from .._migrations import migrations_to_apply
 from .._retention import Candidate, Prune, plan_page, refuse_pruned
@@ -125,8 +125,16 @@ def connect(path: Path, synchronous: str, busy_timeout: float) -> sqlite3.Connec
 class BatchWriter:
     """Owns the write connection. Only one thread uses it at a time."""
 
-    def __init__(self, path: Path, synchronous: str, busy_timeout: float) -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str,
+        busy_timeout: float,
+        codec: PayloadCodec | None = None,
+    ) -> None:
         self.path = path
+        self.codec = codec
+        """Seals every user value it writes (`runtime.codecs`)."""
         self._hints: dict[str, Hint] = {}
         """The columns besides the snapshot of each live saga as last written here
         (`_update_guarded`): a hint, checked by the UPDATE itself."""
@@ -140,8 +148,6 @@ class BatchWriter:
             raise
         self._lost_files: str | None = None
         """Why this writer refuses every batch (its files were deleted or replaced)."""
-        self.codec: PayloadCodec | None = None
-        """Seals what it writes (the store sets it)."""
 
     def _identities(self) -> tuple[FileIdentity, FileIdentity] | None:
         """The identity of the database file and of its write-ahead log."""
@@ -234,9 +240,6 @@ class BatchWriter:
                 conn.execute("ROLLBACK")
             raise
 
-    def _plain_input(self, column: object) -> bytes | None:
-        return readable_input(column, self.codec)
-
     def _refuse_tombstoned(self, creates: list[Create]) -> list[Create]:
         """The creates whose id no pruned saga had; the others are refused (one cheap
         look at an empty table when retention never ran, whoever prunes)."""
@@ -244,15 +247,12 @@ class BatchWriter:
         if not conn.execute("SELECT EXISTS (SELECT 1 FROM tombstones)").fetchone()[0]:
             return creates
         ids = list({op.saga.saga_id for op in creates})
-        tombs: dict[str, tuple[str, str]] = {}
-        for start in range(0, len(ids), _SELECT_CHUNK):
-            chunk = ids[start : start + _SELECT_CHUNK]
-            sql = (
-                "SELECT saga_id, saga_name, input_digest FROM tombstones "
-                f"WHERE saga_id IN ({','.join('?' * len(chunk))})"
+        tombs: dict[str, tuple[str, str]] = {
+            str(saga_id): (str(name), str(digest))
+            for saga_id, name, digest in self._select_in(
+                "saga_id, saga_name, input_digest", ids, table="tombstones"
             )
-            for saga_id, name, digest in conn.execute(sql, chunk):
-                tombs[saga_id] = (name, digest)
+        }
         if not tombs:
             return creates
         kept = []
@@ -281,7 +281,7 @@ class BatchWriter:
                 },
             )
         ]
-        page = plan_page(op, rows, self._plain_input)
+        page = plan_page(op, rows, self.codec)
         gone = [(saga_id,) for saga_id in page.gone]
         # Its own savepoint: a page that fails fails alone, not the batch's other writes.
         conn.execute("SAVEPOINT prune")
@@ -391,12 +391,14 @@ class BatchWriter:
             self._hints.clear()
         self._hints[saga_id] = hint
 
-    def _select_in(self, columns: str, ids: list[str]) -> list[tuple[object, ...]]:
+    def _select_in(
+        self, columns: str, ids: list[str], table: str = "sagas"
+    ) -> list[tuple[object, ...]]:
         rows: list[tuple[object, ...]] = []
         for start in range(0, len(ids), _SELECT_CHUNK):
             chunk = ids[start : start + _SELECT_CHUNK]
             marks = ",".join("?" * len(chunk))
-            sql = f"SELECT {columns} FROM sagas WHERE saga_id IN ({marks})"
+            sql = f"SELECT {columns} FROM {table} WHERE saga_id IN ({marks})"
             rows.extend(self._conn.execute(sql, chunk).fetchall())
         return rows
 
