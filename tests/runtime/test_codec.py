@@ -267,6 +267,12 @@ def test_codecs_round_trip_and_refuse_what_they_cannot_read() -> None:
         AesGcm({"k1": K1}, "k9")
     with pytest.raises(ValueError, match="32 bytes"):
         AesGcm({"k1": b"short"}, "k1")
+    with pytest.raises(ValueError, match="level"):
+        Compression(level=99)
+    with pytest.raises(PayloadError, match="not a value Compression wrote"):
+        Compression().decode(b"?junk")
+    with pytest.raises(ValueError, match="at least one"):
+        chain()
     assert "k1" in repr(k1)
     assert K1.hex() not in repr(k1)
 

@@ -101,6 +101,11 @@ def test_prune_refuses_what_is_not_a_sagaloop_database(tmp_path: Path) -> None:
     bad = cli("prune", str(other), "--older-than", "soon")
     assert bad.returncode != 0
     assert "not a duration" in bad.stderr
+    keyless = cli("prune", str(other), "--older-than", "1d", "--key-file", str(other))
+    assert keyless.returncode != 0
+    assert "not a key file" in keyless.stderr
+    wrong = cli("prune", str(other), "--older-than", "1d", "--status", "suspended")
+    assert wrong.returncode != 0  # argparse refuses a status that has not ended
 
 
 SAGAS = {"sqlite": 40_000, "postgres": 10_000}

@@ -13,6 +13,7 @@ import pytest
 from runtime import (
     DuplicateSagaError,
     Runtime,
+    RuntimeNotRunningError,
     SagaCompensated,
     SagaFailed,
     SagaNotFound,
@@ -111,6 +112,11 @@ async def test_prune_deletes_ended_sagas_only_and_leaves_tombstones(database: st
             await rt.prune(older_than=60, statuses=["suspended"])
         with pytest.raises(ValueError, match="waiting"):
             await rt.prune(older_than=60, statuses=["waiting"])
+        with pytest.raises(ValueError, match="older_than"):
+            await rt.prune(older_than=-1)
+        with pytest.raises(ValueError, match="not a valid SagaStatus"):
+            await rt.prune(older_than=60, statuses=["gone"])
+        assert {item.saga_id for item in (await rt.list()).items} == {"waiting"}  # none lost
         # The waiting saga is untouched: it still runs to its end.
         await rt.signal("waiting", "go")
         assert await rt.handle("waiting").result(timeout=WAIT) == "done"
@@ -204,6 +210,12 @@ async def test_background_retention_prunes_what_ended(database: str) -> None:
 
         await until(only_the_waiting_one_is_left, what="the background pruner")
         assert [item.saga_id for item in (await rt.list()).items] == ["bg-waiting"]
+
+
+async def test_prune_outside_the_runtime_block_is_refused(tmp_path: Path) -> None:
+    rt = Runtime(tmp_path / "s.db", sagas=[ORDER])
+    with pytest.raises(RuntimeNotRunningError):
+        await rt.prune(older_than=0)
 
 
 def test_prune_refuses_bad_arguments(tmp_path: Path) -> None:
